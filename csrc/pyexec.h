@@ -1,0 +1,206 @@
+/*
+ * pyexec.h - the C core of pyexec: the one header.
+ *
+ * Two parts, each a handful of calls:
+ *   - frames: a fixed 24-byte header plus a payload (a pickle); an incremental,
+ *     bounded decoder that reads straight from a pipe and yields whole frames;
+ *     a writer that sends a list of buffers without copying them.
+ *   - the waiter: one wait, with the GIL released, over many fds (epoll on
+ *     Linux, poll everywhere; chosen when the waiter is created).
+ *
+ * Rules for everything declared here:
+ *   - every exported symbol starts with px_; everything else is static;
+ *   - a call returns >= 0 on success and -errno on failure; C never prints
+ *     and never touches a Python object;
+ *   - the caller owns the memory it passes in; a create/free pair owns the
+ *     rest, and every free accepts NULL.
+ *
+ * The text between the CDEF markers is read by pyexec/_build.py and given to
+ * cffi as is, except that a "#define NAME value" becomes "#define NAME ..." so
+ * the compiler supplies every value. Keep that part plain C declarations.
+ */
+#ifndef PYEXEC_H
+#define PYEXEC_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <errno.h>
+#include <sys/types.h>
+
+/* CDEF BEGIN */
+
+/* Bumped whenever a declaration below changes meaning. Checked at import. */
+#define PX_CORE_ABI 1
+
+/* ---- frames ---------------------------------------------------------- */
+
+/* Header layout, little-endian:
+ *   0  u8   magic, PX_MAGIC (catches a stream out of step or garbage)
+ *   1  u8   kind, PX_KIND_*
+ *   2  u16  flags, PX_FLAG_* (bits not defined yet must be 0)
+ *   4  u32  reserved, must be 0
+ *   8  u64  task id
+ *   16 u64  payload length in bytes
+ */
+#define PX_HEADER_SIZE 24
+#define PX_MAGIC 167
+
+/* Frame kinds. Parent -> worker: CALL, EXIT. Worker -> parent: the rest;
+ * FATAL (id 0) says why a worker is about to exit, e.g. its initializer
+ * raised. */
+#define PX_KIND_CALL 1
+#define PX_KIND_EXIT 2
+#define PX_KIND_RESULT 3
+#define PX_KIND_ERROR 4
+#define PX_KIND_EXIT_ACK 5
+#define PX_KIND_FATAL 6
+#define PX_KIND_MAX 6
+
+/* Flags. Bits 1.. are kept for pickle protocol 5 out-of-band buffers
+ * (payload carries slots of a shared-memory arena). */
+#define PX_FLAG_RECYCLE 1
+#define PX_FLAGS_KNOWN 1
+
+/* The largest payload any decoder accepts; a decoder may be made with a
+ * smaller limit. 1 TiB: far above any pipe transfer, far below overflow. */
+#define PX_MAX_PAYLOAD_LIMIT 1099511627776ULL
+
+/* Room a decoder starts with, and the size it shrinks back to once a large
+ * frame is consumed; a read asks for at least PX_READ_CHUNK bytes of room. */
+#define PX_DECODER_INITIAL 65536
+#define PX_READ_CHUNK 65536
+
+/* Error codes the decoder uses (besides -ENOMEM), as -errno values. */
+#define PX_EBADMSG EBADMSG
+#define PX_EMSGSIZE EMSGSIZE
+
+typedef struct px_decoder px_decoder;
+
+typedef struct {
+    uint8_t kind;
+    uint16_t flags;
+    uint64_t id;
+    const char *payload;   /* points into the decoder: valid until its next
+                              px_decoder_read or px_decoder_feed */
+    uint64_t length;
+} px_frame;
+
+/* Encode a header into dst[0..PX_HEADER_SIZE). Never fails. */
+void px_header_encode(char *dst, uint8_t kind, uint16_t flags, uint64_t id,
+                      uint64_t length);
+
+/* Create a decoder that refuses payloads longer than max_payload (at most
+ * PX_MAX_PAYLOAD_LIMIT). Returns 0, -EINVAL (bad limit) or -ENOMEM. */
+int px_decoder_new(px_decoder **out, uint64_t max_payload);
+void px_decoder_free(px_decoder *d);
+
+/* Append len bytes from buf. Returns 0, -ENOMEM, or the sticky error. */
+int px_decoder_feed(px_decoder *d, const char *buf, size_t len);
+
+/* One read(2) from fd into the decoder: as much as the fd has, into at least
+ * PX_READ_CHUNK bytes of room (more when a frame being assembled needs it).
+ * Returns bytes read (> 0), 0 at end of file, -EAGAIN when a non-blocking fd
+ * has nothing, -EINTR when a signal came first (the caller retries after
+ * running its handlers), another -errno, or the sticky error. */
+int64_t px_decoder_read(px_decoder *d, int fd);
+
+/* Take the next complete frame. Returns 1 and fills *out; 0 when more bytes
+ * are needed; a negative sticky error (-PX_EBADMSG: bad magic, kind, flags or
+ * reserved bits; -PX_EMSGSIZE: length over the limit) once the stream is
+ * malformed, with px_decoder_error saying why. A frame is consumed only when
+ * all its bytes are there. */
+int px_decoder_next(px_decoder *d, px_frame *out);
+
+/* Bytes held that do not yet make a whole frame (non-zero at end of file
+ * means the peer stopped mid-frame). */
+uint64_t px_decoder_buffered(const px_decoder *d);
+
+/* The sticky error as text (bounded, NUL-terminated), or "" when none. */
+const char *px_decoder_error(const px_decoder *d);
+
+/* ---- writing ---------------------------------------------------------- */
+
+typedef struct {
+    const void *base;
+    size_t len;
+} px_iov;
+
+/* The most buffers one px_writev call takes. */
+#define PX_IOV_MAX 64
+
+/* writev(2) of iov[0..n) until all is written, retrying EINTR. A blocking fd
+ * returns only when everything is written; a non-blocking one returns the
+ * bytes written so far when the pipe is full (fewer than asked), or -EAGAIN
+ * when none fit. Returns -EINVAL for n outside 1..PX_IOV_MAX, another -errno
+ * on failure (-EPIPE when the reader is gone). */
+int64_t px_writev(int fd, const px_iov *iov, int n);
+
+/* ---- pipes ------------------------------------------------------------ */
+
+/* A pipe with O_CLOEXEC on both ends, and O_NONBLOCK on the end(s) asked
+ * for (nonblock bit 1: read end, bit 2: write end). On Linux the buffer is
+ * raised toward size bytes when size > 0 (best effort). Returns 0 or -errno. */
+int px_pipe(int fds[2], int nonblock, int size);
+
+/* Resident set size of this process in bytes, or -errno. Cheap: one read of
+ * /proc/self/statm on Linux, task_info on macOS. */
+int64_t px_rss(void);
+
+/* Ask the kernel to send sig to this process when its parent (the thread
+ * that forked it) dies, then check the parent is still expected_ppid (the
+ * parent may have died before the call). Returns 0; -ESRCH when the parent
+ * is already gone; -ENOSYS where there is no such facility (macOS). */
+int px_parent_death_signal(int sig, int expected_ppid);
+
+/* ---- the waiter ------------------------------------------------------- */
+
+#define PX_READABLE 1
+#define PX_WRITABLE 2
+
+/* Backends for px_waiter_new. */
+#define PX_BACKEND_DEFAULT 0
+#define PX_BACKEND_EPOLL 1
+#define PX_BACKEND_POLL 2
+
+typedef struct px_waiter px_waiter;
+
+typedef struct {
+    uint64_t token;    /* what the caller gave px_waiter_add */
+    uint32_t events;   /* PX_READABLE and/or PX_WRITABLE; hang-up and error
+                          are reported as PX_READABLE so the reader meets end
+                          of file or the error */
+} px_event;
+
+/* Create a waiter. backend: PX_BACKEND_DEFAULT (epoll on Linux, poll
+ * elsewhere), _EPOLL or _POLL. Returns 0, -ENOSYS (backend not built here),
+ * -ENOMEM or the -errno of epoll_create1. */
+int px_waiter_new(px_waiter **out, int backend);
+void px_waiter_free(px_waiter *w);
+
+/* Which backend a waiter runs (PX_BACKEND_EPOLL or PX_BACKEND_POLL). */
+int px_waiter_backend(const px_waiter *w);
+
+/* Watch fd for events (a mask of PX_READABLE|PX_WRITABLE, may be 0), to be
+ * reported with token. Returns 0, -EEXIST, -EBADF, -ENOMEM. */
+int px_waiter_add(px_waiter *w, int fd, uint32_t events, uint64_t token);
+/* Change what fd is watched for. Returns 0, -ENOENT. */
+int px_waiter_mod(px_waiter *w, int fd, uint32_t events, uint64_t token);
+/* Stop watching fd. Call it before closing fd. Returns 0, -ENOENT. */
+int px_waiter_del(px_waiter *w, int fd);
+
+/* Wait until an fd is ready or timeout_ns passes (< 0: no limit). Fills up
+ * to max events. Returns the count (0 on timeout) or -errno. A signal does
+ * not end the wait early: the time left is computed from a monotonic start
+ * and the wait goes on. The timeout is rounded up to whole milliseconds. */
+int px_waiter_wait(px_waiter *w, px_event *events, int max, int64_t timeout_ns);
+
+/* ---- identity --------------------------------------------------------- */
+
+/* PX_CORE_ABI as compiled, and the build stamp ("<version> <source hash>")
+ * given by the builder. */
+int px_core_abi(void);
+const char *px_build_stamp(void);
+
+/* CDEF END */
+
+#endif /* PYEXEC_H */

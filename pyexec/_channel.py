@@ -1,0 +1,379 @@
+"""The Python face of the C core: frame channels over pipes, and the waiter.
+
+This is the one module that imports the compiled core (``pyexec._core``). It
+checks the core's build stamp first, so a stale or foreign build fails with an
+``ImportError`` that says how to rebuild, instead of misbehaving later.
+
+It also keeps the registry of every fd the parent side of a pool holds. A fork
+copies every fd; a child that kept a copy of a worker's call pipe would stop
+that worker from ever seeing end of file. So every forked child closes all of
+them at once (``os.register_at_fork``), whoever forked it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import struct
+from collections import deque
+from pathlib import Path
+
+from ._version import __version__
+
+_REBUILD = (
+    "Rebuild it: `pip install .` (or `pip install -e .`) from a clone, "
+    "or reinstall the pyexec wheel for this Python."
+)
+
+try:
+    from ._core import ffi, lib
+except ImportError as exc:  # pragma: no cover - exercised by a test in a subprocess
+    raise ImportError(
+        f"pyexec's compiled core (pyexec._core) is missing or cannot be loaded: {exc}. " + _REBUILD
+    ) from exc
+
+# The ABI this Python code was written against (PX_CORE_ABI in csrc/pyexec.h).
+CORE_ABI = 1
+
+
+def _check_stamp() -> None:
+    """Refuse a core compiled from other sources than this package's."""
+    abi = lib.px_core_abi()
+    stamp = ffi.string(lib.px_build_stamp()).decode()
+    version, _, source_hash = stamp.partition(" ")
+    if abi != CORE_ABI or version != __version__:
+        raise ImportError(
+            f"pyexec's compiled core is from another build (core {stamp!r}, ABI {abi}; "
+            f"this package is {__version__}, ABI {CORE_ABI}). " + _REBUILD
+        )
+    csrc = Path(__file__).resolve().parent.parent / "csrc"
+    if (csrc / "pyexec.h").is_file() and (csrc / "frame.c").is_file():
+        # A source checkout: the core must match the C sources beside it.
+        from . import _build
+
+        current = _build.source_hash(csrc)
+        if current != source_hash:
+            raise ImportError(
+                f"pyexec's compiled core is stale: built from C sources {source_hash}, "
+                f"but {csrc} now hashes to {current}. " + _REBUILD
+            )
+
+
+if os.environ.get("PYEXEC_SKIP_STAMP_CHECK") != "1":
+    _check_stamp()
+
+HEADER = struct.Struct("<BBHIQQ")
+HEADER_SIZE = lib.PX_HEADER_SIZE
+assert HEADER.size == HEADER_SIZE
+MAGIC = lib.PX_MAGIC
+KIND_CALL = lib.PX_KIND_CALL
+KIND_EXIT = lib.PX_KIND_EXIT
+KIND_RESULT = lib.PX_KIND_RESULT
+KIND_ERROR = lib.PX_KIND_ERROR
+KIND_EXIT_ACK = lib.PX_KIND_EXIT_ACK
+KIND_FATAL = lib.PX_KIND_FATAL
+FLAG_RECYCLE = lib.PX_FLAG_RECYCLE
+READABLE = lib.PX_READABLE
+WRITABLE = lib.PX_WRITABLE
+IOV_MAX = lib.PX_IOV_MAX
+
+# Frames whose payload is at least this long are written from the pickle's own
+# buffer; smaller ones are copied into one coalesced buffer, so a burst of
+# small frames leaves in one writev.
+BIG_PAYLOAD = 64 * 1024
+# The decoder's payload limit: far above any sensible pickle, small enough
+# that a garbage length cannot make it allocate the machine.
+MAX_PAYLOAD = 1 << 36
+# Pipe buffer requested on Linux (best effort): fewer wakeups for big payloads.
+PIPE_SIZE = 1 << 20
+
+
+class ChannelError(OSError):
+    """A channel's byte stream is malformed or its fd failed."""
+
+
+def check(rc: int) -> int:
+    """Turn a -errno return of the core into OSError."""
+    if rc < 0:
+        raise OSError(-rc, os.strerror(-rc))
+    return rc
+
+
+# ---- fds a forked child must not keep -------------------------------------
+
+_parent_fds: set[int] = set()
+# Bumped in every forked child: objects made before the fork see it changed.
+fork_generation = 0
+
+
+def own_fd(fd: int) -> int:
+    """Record fd as held by a pool's parent side: every forked child closes it."""
+    _parent_fds.add(fd)
+    return fd
+
+
+def disown_fd(fd: int) -> None:
+    """Forget fd without closing it (its owner closes it)."""
+    _parent_fds.discard(fd)
+
+
+def close_fd(fd: int) -> None:
+    """Close an fd recorded with own_fd (or any fd), forgetting it."""
+    _parent_fds.discard(fd)
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def _after_fork_in_child() -> None:
+    global fork_generation
+    fork_generation += 1
+    for fd in list(_parent_fds):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _parent_fds.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def make_pipe(nonblock_read: bool, nonblock_write: bool) -> tuple[int, int]:
+    """A CLOEXEC pipe, with the asked ends non-blocking and a large buffer on Linux."""
+    fds = ffi.new("int[2]")
+    check(lib.px_pipe(fds, (1 if nonblock_read else 0) | (2 if nonblock_write else 0), PIPE_SIZE))
+    return fds[0], fds[1]
+
+
+def rss() -> int:
+    """This process's resident memory in bytes (-1 where unknown)."""
+    n = lib.px_rss()
+    return n if n >= 0 else -1
+
+
+def encode(kind: int, tid: int, payload: bytes = b"", flags: int = 0) -> bytes:
+    """One whole frame as bytes (for small frames and tests)."""
+    return HEADER.pack(MAGIC, kind, flags, 0, tid, len(payload)) + payload
+
+
+# ---- the decoder ----------------------------------------------------------
+
+
+class Decoder:
+    """An incremental frame decoder: bytes in (from an fd or fed), frames out."""
+
+    __slots__ = ("_d", "_frame")
+
+    def __init__(self, max_payload: int = MAX_PAYLOAD) -> None:
+        out = ffi.new("px_decoder **")
+        check(lib.px_decoder_new(out, max_payload))
+        self._d = ffi.gc(out[0], lib.px_decoder_free)
+        self._frame = ffi.new("px_frame *")
+
+    def feed(self, data: bytes) -> None:
+        """Append bytes."""
+        self._raise_for(lib.px_decoder_feed(self._d, data, len(data)))
+
+    def read(self, fd: int) -> int:
+        """One read from fd: bytes read, 0 at end of file, -1 when it would block.
+
+        EINTR is retried here after Python has run its signal handlers.
+        """
+        while True:
+            n = lib.px_decoder_read(self._d, fd)
+            if n >= 0:
+                return n
+            if n == -errno.EAGAIN:
+                return -1
+            if n == -errno.EINTR:
+                continue
+            self._raise_for(n)
+
+    def frames(self) -> list[tuple[int, int, int, bytes]]:
+        """Every complete frame now buffered, as (kind, flags, id, payload)."""
+        out = []
+        d, f = self._d, self._frame
+        nxt = lib.px_decoder_next
+        unpack = ffi.unpack
+        while True:
+            rc = nxt(d, f)
+            if rc == 1:
+                out.append((f.kind, f.flags, f.id, unpack(f.payload, f.length)))
+            elif rc == 0:
+                return out
+            else:
+                self._raise_for(rc)
+
+    def next_view(self):
+        """The next complete frame as (kind, flags, id, buffer) or None.
+
+        The buffer points into the decoder: use it before the next read or feed.
+        """
+        rc = lib.px_decoder_next(self._d, self._frame)
+        if rc == 1:
+            f = self._frame
+            return f.kind, f.flags, f.id, ffi.buffer(f.payload, f.length)
+        if rc == 0:
+            return None
+        self._raise_for(rc)
+        return None  # pragma: no cover
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held that do not make a whole frame yet."""
+        return lib.px_decoder_buffered(self._d)
+
+    @property
+    def error(self) -> str:
+        """The sticky error's text, or ''."""
+        return ffi.string(lib.px_decoder_error(self._d)).decode()
+
+    def _raise_for(self, rc: int) -> None:
+        if rc >= 0:
+            return
+        msg = self.error or os.strerror(-rc)
+        raise ChannelError(-rc, msg)
+
+
+# ---- the writer -----------------------------------------------------------
+
+
+class Writer:
+    """Frames queued for one fd, sent without blocking and without copying big payloads."""
+
+    __slots__ = ("_fd", "_iov", "_off", "_segs", "_tail")
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._segs: deque = deque()  # buffers to send, in order
+        self._off = 0  # bytes of _segs[0] already sent
+        self._tail = bytearray()  # small frames not yet in _segs
+        self._iov = ffi.new("px_iov[]", IOV_MAX)
+
+    def push(self, kind: int, tid: int, payload: bytes = b"", flags: int = 0) -> None:
+        """Queue one frame."""
+        n = len(payload)
+        if n < BIG_PAYLOAD:
+            tail = self._tail
+            tail += HEADER.pack(MAGIC, kind, flags, 0, tid, n)
+            if n:
+                tail += payload
+        else:
+            self._tail += HEADER.pack(MAGIC, kind, flags, 0, tid, n)
+            self._segs.append(self._tail)
+            self._segs.append(payload)
+            self._tail = bytearray()
+
+    @property
+    def pending(self) -> bool:
+        """True while some queued bytes are not written."""
+        return bool(self._segs) or bool(self._tail)
+
+    def flush(self) -> bool:
+        """Write what the fd takes now. True when everything queued is written.
+
+        Raises OSError (EPIPE when the reader is gone).
+        """
+        segs = self._segs
+        if self._tail:
+            segs.append(self._tail)
+            self._tail = bytearray()
+        iov = self._iov
+        while segs:
+            keep = []
+            n = 0
+            for seg in segs:
+                buf = ffi.from_buffer(seg)
+                keep.append(buf)
+                if n == 0 and self._off:
+                    iov[0].base = buf + self._off
+                    iov[0].len = len(seg) - self._off
+                else:
+                    iov[n].base = buf
+                    iov[n].len = len(seg)
+                n += 1
+                if n == IOV_MAX:
+                    break
+            rc = lib.px_writev(self._fd, iov, n)
+            if rc == -errno.EAGAIN:
+                return False
+            check(rc)
+            total = rc + self._off
+            while segs and total >= len(segs[0]):
+                total -= len(segs.popleft())
+            self._off = total
+            if total:
+                return False
+        return True
+
+
+# ---- the waiter -----------------------------------------------------------
+
+
+def _backend_from_env() -> int:
+    name = os.environ.get("PYEXEC_WAITER", "").strip().lower()
+    if name in ("", "default"):
+        return lib.PX_BACKEND_DEFAULT
+    if name == "epoll":
+        return lib.PX_BACKEND_EPOLL
+    if name == "poll":
+        return lib.PX_BACKEND_POLL
+    raise ValueError(f"PYEXEC_WAITER must be 'epoll', 'poll' or unset, not {name!r}")
+
+
+class Waiter:
+    """Waits on many fds at once in C, the GIL released; tokens are the fds."""
+
+    __slots__ = ("_cap", "_count", "_events", "_w")
+
+    def __init__(self, backend: int | None = None) -> None:
+        out = ffi.new("px_waiter **")
+        check(lib.px_waiter_new(out, _backend_from_env() if backend is None else backend))
+        self._w = ffi.gc(out[0], lib.px_waiter_free)
+        self._cap = 64
+        self._events = ffi.new("px_event[]", self._cap)
+        self._count = 0
+
+    @property
+    def backend(self) -> str:
+        """'epoll' or 'poll'."""
+        return "epoll" if lib.px_waiter_backend(self._w) == lib.PX_BACKEND_EPOLL else "poll"
+
+    def add(self, fd: int, events: int) -> None:
+        """Watch fd for READABLE and/or WRITABLE."""
+        check(lib.px_waiter_add(self._w, fd, events, fd))
+        self._count += 1
+        if self._count > self._cap:
+            self._cap *= 2
+            self._events = ffi.new("px_event[]", self._cap)
+
+    def modify(self, fd: int, events: int) -> None:
+        """Change what fd is watched for."""
+        check(lib.px_waiter_mod(self._w, fd, events, fd))
+
+    def remove(self, fd: int) -> None:
+        """Stop watching fd (before closing it)."""
+        if lib.px_waiter_del(self._w, fd) == 0:
+            self._count -= 1
+
+    def wait(self, timeout: float | None) -> list[tuple[int, int]]:
+        """(fd, events) for every ready fd; [] when timeout (seconds) passed."""
+        ns = -1 if timeout is None else max(0, int(timeout * 1e9))
+        ev = self._events
+        n = check(lib.px_waiter_wait(self._w, ev, self._cap, ns))
+        return [(ev[i].token, ev[i].events) for i in range(n)]
+
+
+__all__ = [
+    "HEADER",
+    "HEADER_SIZE",
+    "ChannelError",
+    "Decoder",
+    "Waiter",
+    "Writer",
+    "encode",
+    "ffi",
+    "lib",
+]

@@ -1,0 +1,56 @@
+"""Exceptions pyexec raises.
+
+``BrokenProcessPool`` is the standard library's own class, so code that catches
+``concurrent.futures.process.BrokenProcessPool`` keeps working unchanged; the
+opt-in features raise subclasses of standard exceptions for the same reason.
+"""
+
+from __future__ import annotations
+
+import signal
+from concurrent.futures import CancelledError
+from concurrent.futures.process import BrokenProcessPool
+
+__all__ = [
+    "BrokenProcessPool",
+    "TaskTerminated",
+    "TaskTimeout",
+    "WorkerDied",
+    "describe_exit",
+]
+
+
+def describe_exit(exitcode: int | None) -> str:
+    """'exit code 3', 'signal SIGKILL' or 'an unknown status', for messages."""
+    if exitcode is None:
+        return "an unknown status"
+    if exitcode < 0:
+        try:
+            return f"signal {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"signal {-exitcode}"
+    return f"exit code {exitcode}"
+
+
+class WorkerDied(BrokenProcessPool):
+    """A worker died while it held this task (with ``on_crash="restart"``).
+
+    ``pid`` is the worker's process id; ``exitcode`` its exit status as
+    ``multiprocessing`` reports it (negative signal number for a signal).
+    """
+
+    def __init__(self, message: str, pid: int | None = None, exitcode: int | None = None):
+        super().__init__(message)
+        self.pid = pid
+        self.exitcode = exitcode
+
+    def __reduce__(self):
+        return (type(self), (self.args[0] if self.args else "", self.pid, self.exitcode))
+
+
+class TaskTimeout(TimeoutError):
+    """The task ran past its deadline; its worker was killed and replaced."""
+
+
+class TaskTerminated(CancelledError):
+    """The task was stopped by ``terminate_task``; its worker was killed and replaced."""

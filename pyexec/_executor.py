@@ -1,0 +1,982 @@
+"""ProcessPoolExecutor: the API, pending work, dispatch, the manager thread, shutdown.
+
+Data flow::
+
+    submit() --pickle--> pending deque --(manager thread)--> worker's call pipe
+                         (cancel() still works here)          (window of a few calls)
+    Future <--settle-- unpickle <--decode-- worker's result pipe <-- worker runs call
+
+One manager thread per executor owns all dispatch state: the workers, what
+each holds in flight, the deadlines. It waits in C (GIL released) on a wake
+pipe, every worker's result pipe and sentinel, and, while a call pipe is full,
+that pipe. ``submit`` pickles in the caller's thread, appends to the pending
+deque and writes to the wake pipe only if the manager sleeps: one wake per
+burst. The manager holds the executor only through a weakref, whose callback
+wakes it, so a dropped executor shuts down as if ``shutdown()`` was called.
+
+The parent knows which calls each worker holds, so a dead worker loses only
+its own calls: with ``on_crash="break"`` (the default, the standard library's
+behaviour) the whole pool breaks; with ``on_crash="restart"`` only the call
+that was running fails, the calls queued behind it go to other workers.
+"""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing
+import os
+import pickle
+import signal
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, Future, InvalidStateError, _base
+from concurrent.futures.process import _RemoteTraceback
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from . import _channel as ch
+from ._errors import BrokenProcessPool, TaskTerminated, TaskTimeout, WorkerDied, describe_exit
+from ._launch import ProcessLauncher, Worker, ZygoteLauncher
+from ._worker import WorkerConfig
+
+# Calls a worker may hold beyond the one it runs. The window adapts to how
+# long calls take: WINDOW_SECONDS of queued work per worker, between 1 and
+# WINDOW_MAX calls. Small windows keep long calls spread over every worker
+# and keep cancel() working; large ones let a burst of tiny calls travel in
+# few writes. A window of 1 wastes a round trip per call, which only matters
+# for calls shorter than that round trip.
+WINDOW_SECONDS = 0.002
+WINDOW_MAX = 256
+# How long the manager waits for a dead worker's exit status.
+EXIT_STATUS_WAIT = 1.0
+# How long a worker asked to exit may take before it is killed (seconds),
+# counted from the moment its last call is done.
+EXIT_GRACE = 5.0
+
+_BROKEN_PREFIX = (
+    "A process in the process pool was terminated abruptly while the future was running or pending"
+)
+
+_global_shutdown = False
+_managers: weakref.WeakSet = weakref.WeakSet()
+
+
+def _python_exit() -> None:
+    """At interpreter exit: every pool finishes its work, then stops (as the stdlib does)."""
+    global _global_shutdown
+    _global_shutdown = True
+    mgrs = [m for m in list(_managers) if m.pid == os.getpid()]
+    for m in mgrs:
+        m.request_stop()
+    for m in mgrs:
+        t = m.thread
+        if t is not None and t is not threading.current_thread():
+            t.join()
+
+
+threading._register_atexit(_python_exit)
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    """A snapshot of an executor's counters (``executor.stats()``)."""
+
+    submitted: int
+    completed: int
+    failed: int
+    pending: int
+    running: int
+    workers_alive: int
+    workers_replaced: int
+
+
+class _Task:
+    """One call: its future, its pickle (kept until done, to resend after a restart)."""
+
+    __slots__ = ("future", "kill", "payload", "started", "tid", "timeout")
+
+    def __init__(self, tid: int, future: Future, payload: bytes, timeout: float | None) -> None:
+        self.tid = tid
+        self.future = future
+        self.payload = payload
+        self.timeout = timeout
+        self.started = False  # RUNNING already (a requeued call)
+        self.kill: str | None = None  # "terminate" once terminate_task asked
+
+
+def _settle(future: Future, value: Any = None, exc: BaseException | None = None) -> None:
+    """Set a result or exception; a future settled meanwhile is left as it is.
+
+    terminate_task and a broken pool may race with a result arriving: the
+    InvalidStateError of the loser is expected and ignored.
+    """
+    try:
+        if exc is None:
+            future.set_result(value)
+        else:
+            future.set_exception(exc)
+    except InvalidStateError:
+        pass
+
+
+def _process_chunk(fn: Callable, chunk: tuple) -> list:
+    """Run fn over one chunk of map's argument tuples (in the worker)."""
+    return [fn(*args) for args in chunk]
+
+
+def _batched(iterable: Iterable, n: int) -> Iterator[tuple]:
+    it = iter(iterable)
+    while batch := tuple(itertools.islice(it, n)):
+        yield batch
+
+
+def _result_or_cancel(fut: Future, timeout: float | None = None) -> Any:
+    try:
+        try:
+            return fut.result(timeout)
+        finally:
+            fut.cancel()
+    finally:
+        del fut  # break the cycle through the exception's traceback
+
+
+def _default_workers() -> int:
+    count = getattr(os, "process_cpu_count", os.cpu_count)
+    return count() or 1
+
+
+class ProcessPoolExecutor(Executor):
+    """A drop-in ``concurrent.futures.ProcessPoolExecutor``, faster, with opt-in extras.
+
+    The extras, all off by default: ``on_crash="restart"`` (a dead worker
+    fails only its running call and is replaced), ``task_timeout`` (seconds;
+    per-call deadline, see ``schedule``), ``max_memory_per_child`` (bytes of
+    resident memory after which a worker is recycled).
+    """
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        mp_context: Any = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple = (),
+        max_tasks_per_child: int | None = None,
+        *,
+        on_crash: str = "break",
+        task_timeout: float | None = None,
+        max_memory_per_child: int | None = None,
+    ) -> None:
+        if max_workers is None:
+            max_workers = _default_workers()
+        elif max_workers <= 0:
+            raise ValueError("max_workers must be greater than 0")
+        if mp_context is None:
+            mp_context = multiprocessing.get_context()
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        if max_tasks_per_child is not None:
+            if not isinstance(max_tasks_per_child, int):
+                raise TypeError("max_tasks_per_child must be an integer")
+            if max_tasks_per_child <= 0:
+                raise ValueError("max_tasks_per_child must be >= 1")
+        if on_crash not in ("break", "restart"):
+            raise ValueError(f"on_crash must be 'break' or 'restart', not {on_crash!r}")
+        if task_timeout is not None and not task_timeout > 0:
+            raise ValueError(f"task_timeout must be None or > 0, not {task_timeout!r}")
+        if max_memory_per_child is not None and max_memory_per_child <= 0:
+            raise ValueError("max_memory_per_child must be None or > 0 (bytes)")
+        self._max_workers = max_workers
+        self._mp_context = mp_context
+        self._start_method = mp_context.get_start_method(allow_none=False)
+        self._config = WorkerConfig(initializer, tuple(initargs), max_memory_per_child)
+        self._max_tasks_per_child = max_tasks_per_child
+        self._on_crash = on_crash
+        self._task_timeout = task_timeout
+        self._pid = os.getpid()
+        # Guards _shutdown, _broken, starting the manager and the wake pipe.
+        # Appending to _pending needs no lock (a deque append is atomic), but
+        # is done under it so that no call slips in after shutdown. Reentrant:
+        # the weakref callback that wakes the manager may run, through the
+        # garbage collector, in a thread that already holds it.
+        self._lock = threading.RLock()
+        self._pending: deque[_Task] = deque()
+        self._shutdown = False
+        self._broken: str | None = None
+        self._mgr: _Manager | None = None
+        self._ids = itertools.count(1)
+
+    # ---- the standard API -------------------------------------------------
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        """Schedule fn(*args, **kwargs); return its Future."""
+        return self._submit(fn, args, kwargs, self._task_timeout)
+
+    submit.__doc__ = _base.Executor.submit.__doc__
+
+    def schedule(
+        self,
+        fn: Callable[..., Any],
+        args: tuple = (),
+        kwargs: dict | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> Future:
+        """Like submit, with a per-call deadline in seconds (default: task_timeout).
+
+        A call still running ``timeout`` seconds after it started has its worker
+        killed and replaced; its future raises ``pyexec.TaskTimeout``.
+        """
+        if timeout is None:
+            timeout = self._task_timeout
+        elif not timeout > 0:
+            raise ValueError(f"timeout must be None or > 0, not {timeout!r}")
+        return self._submit(fn, tuple(args), dict(kwargs or {}), timeout)
+
+    def _submit(self, fn: Callable, args: tuple, kwargs: dict, timeout: float | None) -> Future:
+        self._check_owner()
+        future: Future = Future()
+        failure: BaseException | None = None
+        try:
+            payload = pickle.dumps((fn, args, kwargs), pickle.HIGHEST_PROTOCOL)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # that call alone fails, as in the stdlib
+            payload, failure = b"", exc
+        with self._lock:
+            if self._broken:
+                raise BrokenProcessPool(self._broken)
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            if _global_shutdown:
+                raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+            if failure is not None:
+                future.set_exception(failure)
+                return future
+            mgr = self._mgr or self._start()
+            task = _Task(next(self._ids), future, payload, timeout)
+            future._pyexec_task = task  # for terminate_task
+            self._pending.append(task)
+            mgr.submitted += 1
+            if mgr.sleeping:
+                mgr.wake()
+        return future
+
+    def map(
+        self,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+        buffersize: int | None = None,
+    ) -> Iterator[Any]:
+        """Return an iterator equivalent to map(fn, *iterables), as Python 3.14's does.
+
+        chunksize groups items into one call; buffersize bounds how many calls
+        are submitted ahead of the results consumed; timeout counts from this call.
+        """
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        if buffersize is not None and not isinstance(buffersize, int):
+            raise TypeError("buffersize must be an integer or None")
+        if buffersize is not None and buffersize < 1:
+            raise ValueError("buffersize must be None or > 0")
+        if chunksize == 1:
+            return self._map(fn, zip(*iterables, strict=False), timeout, buffersize)
+        results = self._map(
+            partial(_process_chunk, fn),
+            _batched(zip(*iterables, strict=False), chunksize),
+            timeout,
+            buffersize,
+        )
+        return itertools.chain.from_iterable(results)
+
+    def _map(
+        self,
+        fn: Callable,
+        argtuples: Iterator[tuple],
+        timeout: float | None,
+        buffersize: int | None,
+    ) -> Iterator[Any]:
+        end_time = None if timeout is None else timeout + time.monotonic()
+        if buffersize:
+            fs = deque(self.submit(fn, *args) for args in itertools.islice(argtuples, buffersize))
+        else:
+            fs = deque(self.submit(fn, *args) for args in argtuples)
+        executor_weakref = weakref.ref(self)
+
+        def result_iterator() -> Iterator[Any]:
+            try:
+                fs.reverse()  # pop() from the right keeps submission order
+                while fs:
+                    if (
+                        buffersize
+                        and (executor := executor_weakref())
+                        and (args := next(argtuples, None))
+                    ):
+                        fs.appendleft(executor.submit(fn, *args))
+                        del executor
+                    if end_time is None:
+                        yield _result_or_cancel(fs.pop())
+                    else:
+                        yield _result_or_cancel(fs.pop(), end_time - time.monotonic())
+            finally:
+                for future in fs:
+                    future.cancel()
+
+        return result_iterator()
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop taking work; finish (or cancel) what is pending; stop the workers.
+
+        With wait=True, return once every worker has exited and every fd is
+        closed. Safe to call more than once, from any thread, and from a
+        done-callback (which runs in the manager thread: it then does not wait).
+        """
+        if self._pid != os.getpid():
+            return  # a forked child's copy: the parent owns the pool
+        with self._lock:
+            self._shutdown = True
+            mgr = self._mgr
+        if cancel_futures:
+            self._cancel_pending()
+        if mgr is None:
+            return
+        mgr.request_stop()
+        if wait and mgr.thread is not threading.current_thread():
+            mgr.thread.join()
+
+    def _cancel_pending(self) -> None:
+        keep = []
+        while True:
+            try:
+                task = self._pending.popleft()
+            except IndexError:
+                break
+            if not task.future.cancel():
+                keep.append(task)  # already running (requeued after a restart)
+        self._pending.extendleft(reversed(keep))
+
+    def terminate_workers(self) -> None:
+        """Terminate every worker (SIGTERM) and shut down; pending calls are cancelled.
+
+        The pool is broken afterwards, as in Python 3.14.
+        """
+        self._force_shutdown(signal.SIGTERM)
+
+    def kill_workers(self) -> None:
+        """Kill every worker (SIGKILL) and shut down; pending calls are cancelled."""
+        self._force_shutdown(signal.SIGKILL)
+
+    def _force_shutdown(self, sig: int) -> None:
+        self._check_owner()
+        with self._lock:
+            mgr = self._mgr
+        self.shutdown(wait=False, cancel_futures=True)
+        if mgr is not None:
+            mgr.request_signal(sig)
+
+    # ---- beyond the standard library ----------------------------------------
+
+    def terminate_task(self, future: Future) -> bool:
+        """Stop one call. A pending one is cancelled; a running one has its worker
+        killed and replaced, and its future raises ``pyexec.TaskTerminated``.
+
+        Returns False when the future had already finished, True otherwise.
+        """
+        self._check_owner()
+        if future.done():
+            return False
+        if future.cancel():
+            return True
+        task = getattr(future, "_pyexec_task", None)
+        if task is None:
+            raise ValueError("that future does not belong to a pyexec executor")
+        with self._lock:
+            mgr = self._mgr
+        if mgr is None or future.done():
+            return not future.done()
+        mgr.request_terminate(task)
+        return True
+
+    def stats(self) -> PoolStats:
+        """A cheap snapshot of the counters, for monitoring."""
+        mgr = self._mgr
+        if mgr is None:
+            return PoolStats(0, 0, 0, len(self._pending), 0, 0, 0)
+        return mgr.stats(len(self._pending))
+
+    # ---- internals ----------------------------------------------------------
+
+    def _check_owner(self) -> None:
+        if self._pid != os.getpid():
+            raise RuntimeError(
+                f"this ProcessPoolExecutor belongs to process {self._pid}; "
+                "a forked child cannot use its parent's pool: create a new one in the child"
+            )
+
+    def _start(self) -> _Manager:
+        """Start the manager (under self._lock). Under fork, fork the zygote first,
+        while no pyexec thread of this pool runs."""
+        if self._start_method == "fork":
+            launcher: Any = ZygoteLauncher(self._config)
+        else:
+            launcher = ProcessLauncher(self._mp_context, self._config)
+        mgr = _Manager(self, launcher)
+        self._mgr = mgr
+        mgr.thread.start()
+        return mgr
+
+
+class _Manager:
+    """The manager thread's state. It never holds a strong ref to the executor."""
+
+    def __init__(self, executor: ProcessPoolExecutor, launcher: Any) -> None:
+        self.pid = os.getpid()
+        self.lock = executor._lock
+        self.pending = executor._pending
+        self.max_workers = executor._max_workers
+        self.max_tasks = executor._max_tasks_per_child
+        self.on_crash = executor._on_crash
+        self.launcher = launcher
+        self.set_broken = partial(_mark_broken, weakref.ref(executor))
+        self.executor_ref = weakref.ref(executor, lambda _r: self.request_stop())
+        self.waiter = ch.Waiter()
+        self.wake_r, self.wake_w = ch.make_pipe(True, True)
+        ch.own_fd(self.wake_r)
+        ch.own_fd(self.wake_w)
+        self.waiter.add(self.wake_r, ch.READABLE)
+        if launcher.fd >= 0:
+            self.waiter.add(launcher.fd, ch.READABLE)
+        self.sleeping = False
+        self.wake_sent = False
+        self.closed = False
+        self.stop = False
+        self.signal_all: int | None = None
+        self.terminate_requests: deque[_Task] = deque()
+        self.workers: list[Worker] = []
+        self.by_fd: dict[int, Worker] = {}
+        self.starting = 0
+        self.broken: str | None = None
+        self.window = 1
+        self.service_time = 0.0  # EWMA of seconds per call; 0: not known yet
+        self.submitted = self.completed = self.failed = self.replaced = 0
+        self.started_workers = 0
+        self._writers: set[int] = set()  # call fds watched while their pipe is full
+        self.thread = threading.Thread(target=self.run, name="pyexec-manager", daemon=True)
+        _managers.add(self)
+
+    # ---- called from other threads ----------------------------------------
+
+    def wake(self) -> None:
+        """Wake the manager (caller holds self.lock or the GIL ordering suffices)."""
+        if self.wake_sent or self.closed or self.pid != os.getpid():
+            return
+        self.wake_sent = True
+        try:
+            os.write(self.wake_w, b"\0")
+        except OSError:
+            pass
+
+    def _wake_locked(self) -> None:
+        with self.lock:
+            self.wake()
+
+    def request_stop(self) -> None:
+        """Shut down once the pending work is done."""
+        if self.pid != os.getpid():
+            return  # a forked child's copy: the wake pipe is not ours
+        self.stop = True
+        self._wake_locked()
+
+    def request_signal(self, sig: int) -> None:
+        """Send sig to every worker (terminate_workers, kill_workers)."""
+        self.signal_all = sig
+        self._wake_locked()
+
+    def request_terminate(self, task: _Task) -> None:
+        """Kill the worker running task (from terminate_task)."""
+        self.terminate_requests.append(task)
+        self._wake_locked()
+
+    def stats(self, pending: int) -> PoolStats:
+        """Counters as of now; racy by design (no lock), each one exact."""
+        running = sum(len(w.inflight) for w in list(self.workers))
+        alive = sum(1 for w in list(self.workers) if w.state != "dead")
+        return PoolStats(
+            self.submitted, self.completed, self.failed, pending, running, alive, self.replaced
+        )
+
+    # ---- the loop ---------------------------------------------------------
+
+    def run(self) -> None:
+        """The manager thread: wait, read, settle, handle deaths, dispatch."""
+        try:
+            self._loop()
+        except BaseException as exc:  # a bug in pyexec: break the pool loudly
+            _base.LOGGER.critical("pyexec manager thread failed", exc_info=True)
+            self._break(f"pyexec's manager thread failed: {exc!r}", cause=exc)
+            for w in list(self.workers):
+                self.launcher.kill(w)
+        finally:
+            self._close()
+
+    def _loop(self) -> None:
+        waiter = self.waiter
+        by_fd = self.by_fd
+        while True:
+            self._control()
+            if self.broken is None:
+                self._adjust_workers()
+                self._dispatch()
+            if self._finished():
+                return
+            timeout = self._next_timeout()
+            self.sleeping = True
+            if self.pending and self.broken is None and self._has_room():
+                timeout = 0.0
+            events = waiter.wait(timeout)
+            self.sleeping = False
+            for fd, _ev in events:
+                if fd == self.wake_r:
+                    self._drain_wake()
+                    continue
+                if fd == self.launcher.fd:
+                    if not self.launcher.receive():
+                        self.waiter.remove(fd)
+                        self.starting = 0
+                        self._break(
+                            f"{_BROKEN_PREFIX}: pyexec's fork zygote (pid {self.launcher.pid}) died"
+                        )
+                    continue
+                w = by_fd.get(fd)
+                if w is None or w.state == "dead":
+                    continue
+                if fd == w.result_fd:
+                    self._read_results(w)
+                elif fd == w.sentinel:
+                    self._worker_died(w)
+                elif fd == w.call_fd:
+                    self._flush(w)
+            self._check_deadlines()
+            for w in self.launcher.take_ready():
+                self._add_worker(w)
+
+    def _drain_wake(self) -> None:
+        try:
+            while os.read(self.wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        self.wake_sent = False
+
+    def _control(self) -> None:
+        """Act on what other threads asked for."""
+        sig = self.signal_all
+        if sig is not None:
+            self.signal_all = None
+            self._break(
+                "the pool's workers were stopped by terminate_workers() or kill_workers()",
+                cancelled=True,
+            )
+            for w in self.workers:
+                if w.state != "dead":
+                    self._signal(w, sig)
+        while self.terminate_requests:
+            task = self.terminate_requests.popleft()
+            task.kill = "terminate"
+        if not self.stop and self.executor_ref() is None:
+            self.stop = True
+
+    def _finished(self) -> bool:
+        live = any(w.state != "dead" for w in self.workers) or self.starting
+        if self.broken is not None:
+            return not live
+        stopping = self.stop or _global_shutdown
+        return stopping and not self.pending and not live
+
+    # ---- workers ------------------------------------------------------------
+
+    def _adjust_workers(self) -> None:
+        """Start workers while there is more work than live workers can take."""
+        alive = sum(1 for w in self.workers if w.state == "up") + self.starting
+        inflight = sum(len(w.inflight) for w in self.workers)
+        want = min(self.max_workers, len(self.pending) + inflight)
+        stopping = self.stop or _global_shutdown
+        if stopping and not self.pending:
+            want = 0
+        while alive < want:
+            if self.started_workers >= self.max_workers:
+                self.replaced += 1
+            self.started_workers += 1
+            if isinstance(self.launcher, ZygoteLauncher):
+                try:
+                    self.launcher.request()
+                except OSError as exc:
+                    self._break(
+                        f"{_BROKEN_PREFIX}: pyexec's fork zygote (pid {self.launcher.pid}) is gone",
+                        cause=exc,
+                    )
+                    return
+                self.starting += 1
+            else:
+                self._add_worker(self.launcher.start())
+            alive += 1
+
+    def _add_worker(self, w: Worker) -> None:
+        if isinstance(self.launcher, ZygoteLauncher):
+            self.starting -= 1
+        w.inflight = deque()
+        w.quota = self.max_tasks
+        self.workers.append(w)
+        self.by_fd[w.result_fd] = w
+        self.by_fd[w.sentinel] = w
+        self.by_fd[w.call_fd] = w
+        self.waiter.add(w.result_fd, ch.READABLE)
+        self.waiter.add(w.sentinel, ch.READABLE)
+        if self.broken is not None:
+            self._signal(w, signal.SIGKILL)
+
+    def _signal(self, w: Worker, sig: int) -> None:
+        self.launcher.kill(w, sig)
+
+    def _has_room(self) -> bool:
+        return any(w.state == "up" and len(w.inflight) < self.window for w in self.workers)
+
+    def _dispatch(self) -> None:
+        """Hand pending calls to workers with room, many frames per write."""
+        pending = self.pending
+        stopping = self.stop or _global_shutdown
+        now = time.monotonic()
+        for w in self.workers:
+            if w.state != "up":
+                continue
+            inflight = w.inflight
+            room = self.window - len(inflight)
+            if pending and room > 0:
+                ups = sum(1 for x in self.workers if x.state == "up")
+                share = -(-len(pending) // ups)  # spread a short burst evenly
+                room = min(room, share)
+                if w.quota is not None:
+                    room = min(room, w.quota)
+                idle = not inflight
+                push = w.writer.push
+                sent = 0
+                while sent < room:
+                    try:
+                        task = pending.popleft()
+                    except IndexError:
+                        break
+                    if not task.started:
+                        if not task.future.set_running_or_notify_cancel():
+                            continue  # cancelled while pending
+                        task.started = True
+                    push(ch.KIND_CALL, task.tid, task.payload)
+                    inflight.append(task)
+                    sent += 1
+                if sent:
+                    if idle:
+                        w.mark = now
+                    if w.quota is not None:
+                        w.quota -= sent
+                    self._flush(w)
+            if w.state == "up" and (
+                w.quota == 0 or w.recycle or (stopping and not pending and not inflight)
+            ):
+                self._ask_exit(w, now)
+
+    def _ask_exit(self, w: Worker, now: float) -> None:
+        """Queue the exit frame: the worker finishes its window, acks and exits."""
+        w.state = "exiting"
+        w.exit_at = now
+        w.writer.push(ch.KIND_EXIT, 0)
+        self._flush(w)
+
+    def _flush(self, w: Worker) -> None:
+        try:
+            done = w.writer.flush()
+        except OSError:
+            return  # the worker is gone: its sentinel and result pipe tell the rest
+        watching = w.call_fd in self._writers
+        if not done and not watching:
+            self.waiter.add(w.call_fd, ch.WRITABLE)
+            self._writers.add(w.call_fd)
+        elif done and watching:
+            self.waiter.remove(w.call_fd)
+            self._writers.discard(w.call_fd)
+
+    # ---- results ------------------------------------------------------------
+
+    def _read_results(self, w: Worker) -> bool:
+        """Read and settle what the worker sent. False at end of file."""
+        reader = w.reader
+        while True:
+            try:
+                n = reader.read(w.result_fd)
+                settled = self._decode(w)
+            except ch.ChannelError as exc:
+                self._protocol_error(w, str(exc))
+                return False
+            for future, value, exc in settled:
+                _settle(future, value, exc)
+            del settled
+            if n == 0:
+                self._worker_died(w)
+                return False
+            if n < 0:
+                return True
+
+    def _decode(self, w: Worker) -> list:
+        """Unpickle every complete frame now; settle later, outside any loop state."""
+        out = []
+        inflight = w.inflight
+        loads = pickle.loads
+        next_view = w.reader.next_view
+        k = 0
+        while (frame := next_view()) is not None:
+            kind, flags, tid, buf = frame
+            if kind == ch.KIND_RESULT or kind == ch.KIND_ERROR:
+                if not inflight or inflight[0].tid != tid:
+                    raise ch.ChannelError(0, f"result for call {tid}, which it does not hold")
+                task = inflight.popleft()
+                k += 1
+                try:
+                    obj = loads(buf)
+                except BaseException as err:
+                    exc = pickle.UnpicklingError(
+                        f"the {'result' if kind == ch.KIND_RESULT else 'exception'} of "
+                        f"call {tid} could not be unpickled: {err!r}"
+                    )
+                    exc.__cause__ = err
+                    out.append((task.future, None, exc))
+                    self.failed += 1
+                else:
+                    if kind == ch.KIND_RESULT:
+                        out.append((task.future, obj, None))
+                        self.completed += 1
+                    else:
+                        exc, tb = obj
+                        exc.__cause__ = _RemoteTraceback(f'\n"""\n{tb}"""')
+                        out.append((task.future, None, exc))
+                        self.failed += 1
+                task.payload = None
+                if flags & ch.FLAG_RECYCLE:
+                    w.recycle = True
+            elif kind == ch.KIND_EXIT_ACK:
+                w.acked = True
+            elif kind == ch.KIND_FATAL:
+                w.fatal = str(loads(buf))
+            else:
+                raise ch.ChannelError(0, f"unexpected frame kind {kind} from worker")
+        if k:
+            now = time.monotonic()
+            if not inflight:
+                w.exit_at = now
+            sample = (now - w.mark) / k
+            w.mark = now
+            st = self.service_time
+            st = sample if st == 0.0 else st + 0.2 * (sample - st)
+            self.service_time = st
+            per = int(WINDOW_SECONDS / st) if st > 0 else WINDOW_MAX
+            self.window = max(1, min(WINDOW_MAX, per))
+        return out
+
+    def _protocol_error(self, w: Worker, why: str) -> None:
+        """A malformed stream: the worker counts as dead."""
+        w.fatal = f"it sent a malformed frame ({why})"
+        self._signal(w, signal.SIGKILL)
+
+    # ---- deaths ---------------------------------------------------------------
+
+    def _worker_died(self, w: Worker) -> None:
+        """The worker's sentinel fired or its result pipe ended: settle its calls."""
+        if w.state == "dead":
+            return
+        if w.fatal is None:
+            try:
+                while True:  # read what it wrote before dying
+                    n = w.reader.read(w.result_fd)
+                    for future, value, exc in self._decode(w):
+                        _settle(future, value, exc)
+                    if n <= 0:
+                        break
+            except ch.ChannelError as exc:
+                w.fatal = f"it sent a malformed frame ({exc})"
+            except OSError:
+                pass
+            if w.reader.buffered and w.fatal is None:
+                w.fatal = "it stopped in the middle of a frame"
+        exitcode = self.launcher.exitcode(w, EXIT_STATUS_WAIT)
+        if exitcode is None:
+            self.launcher.kill(w)
+            exitcode = self.launcher.exitcode(w, EXIT_STATUS_WAIT)
+        w.exitcode = exitcode
+        self._forget(w)
+        graceful = w.acked and not w.inflight and exitcode == 0
+        if graceful or self.broken is not None:
+            self._fail_all(w.inflight, self.broken or "")
+            return
+        if w.state == "exiting" and not w.inflight and w.fatal is None:
+            return  # asked to exit, had nothing: however it ended, nothing is lost
+        how = describe_exit(exitcode)
+        reason = w.kill_reason
+        if reason in ("timeout", "terminate"):
+            if not w.inflight or w.inflight[0] is not w.kill_target:
+                self._requeue(w.inflight)  # its call finished just before the kill
+                return
+            head = w.inflight.popleft()
+            if reason == "timeout":
+                exc: BaseException = TaskTimeout(
+                    f"call {head.tid} ran past its deadline of {head.timeout} s; "
+                    f"its worker (pid {w.pid}) was killed and replaced"
+                )
+            else:
+                exc = TaskTerminated(
+                    f"call {head.tid} was stopped by terminate_task(); "
+                    f"its worker (pid {w.pid}) was killed and replaced"
+                )
+            self.failed += 1
+            self._requeue(w.inflight)
+            _settle(head.future, exc=exc)
+            return
+        detail = f"worker pid {w.pid} died with {how}"
+        if w.fatal:
+            detail = f"worker pid {w.pid} failed: {w.fatal}; it ended with {how}"
+        if self.on_crash == "restart" and not (w.fatal and "initializer" in w.fatal):
+            if w.inflight:
+                head = w.inflight.popleft()
+                self.failed += 1
+                self._requeue(w.inflight)
+                _settle(
+                    head.future,
+                    exc=WorkerDied(
+                        f"{detail} while running call {head.tid}; a new worker takes its place",
+                        w.pid,
+                        exitcode,
+                    ),
+                )
+            return
+        msg = f"{_BROKEN_PREFIX}: {detail}."
+        self._break(msg)
+
+    def _requeue(self, tasks: deque) -> None:
+        """Calls a dead worker held but had not started go first in line again."""
+        self.pending.extendleft(reversed(tasks))
+        tasks.clear()
+
+    def _forget(self, w: Worker) -> None:
+        w.state = "dead"
+        for fd in (w.result_fd, w.sentinel, w.call_fd):
+            self.by_fd.pop(fd, None)
+        self.waiter.remove(w.result_fd)
+        self.waiter.remove(w.sentinel)
+        if w.call_fd in self._writers:
+            self.waiter.remove(w.call_fd)
+            self._writers.discard(w.call_fd)
+        ch.close_fd(w.call_fd)
+        ch.close_fd(w.result_fd)
+        self.launcher.release(w)
+        self.workers.remove(w)
+
+    def _break(self, msg: str, cause: BaseException | None = None, cancelled: bool = False) -> None:
+        """The pool is broken: every pending and running call fails, workers stop."""
+        if self.broken is not None:
+            return
+        self.broken = msg
+        self.set_broken(msg)
+        doomed = []
+        while True:
+            try:
+                doomed.append(self.pending.popleft())
+            except IndexError:
+                break
+        for w in self.workers:
+            doomed.extend(w.inflight)
+            w.inflight.clear()
+        now = time.monotonic()
+        for w in self.workers:
+            if w.state != "dead":
+                w.state = "exiting"  # killed outright if SIGTERM is not enough
+                w.exit_at = now
+                self._signal(w, signal.SIGTERM)
+        for task in doomed:
+            if cancelled and task.future.cancel():
+                continue
+            self.failed += 1
+            err = BrokenProcessPool(msg)
+            err.__cause__ = cause
+            _settle(task.future, exc=err)
+
+    def _fail_all(self, tasks: deque, msg: str) -> None:
+        for task in tasks:
+            self.failed += 1
+            _settle(task.future, exc=BrokenProcessPool(msg or _BROKEN_PREFIX))
+        tasks.clear()
+
+    # ---- deadlines ------------------------------------------------------------
+
+    def _next_timeout(self) -> float | None:
+        """Seconds until the next deadline of a running call, or an exit grace."""
+        best = None
+        now = time.monotonic()
+        for w in self.workers:
+            if w.state == "dead":
+                continue
+            due = None
+            if w.inflight:
+                head = w.inflight[0]
+                if head.kill is not None:
+                    due = now
+                elif head.timeout is not None:
+                    due = w.mark + head.timeout
+            elif w.state == "exiting":
+                due = w.exit_at + EXIT_GRACE
+            if due is not None and (best is None or due < best):
+                best = due
+        return None if best is None else max(0.0, best - now)
+
+    def _check_deadlines(self) -> None:
+        now = time.monotonic()
+        for w in self.workers:
+            if w.state == "dead" or w.kill_reason is not None:
+                continue
+            if w.inflight:
+                head = w.inflight[0]
+                if head.kill is not None:
+                    w.kill_reason = head.kill
+                elif head.timeout is not None and now >= w.mark + head.timeout:
+                    w.kill_reason = "timeout"
+                else:
+                    continue
+                w.kill_target = head
+                self._signal(w, signal.SIGKILL)
+            elif w.state == "exiting" and now >= w.exit_at + EXIT_GRACE:
+                w.kill_reason = "exit-grace"
+                self._signal(w, signal.SIGKILL)
+
+    # ---- the end --------------------------------------------------------------
+
+    def _close(self) -> None:
+        """Kill what is left, close every fd, reap the zygote."""
+        for w in list(self.workers):
+            if w.state != "dead":
+                self.launcher.kill(w)
+                w.exitcode = self.launcher.exitcode(w, EXIT_STATUS_WAIT)
+                self._fail_all(w.inflight, self.broken or "")
+                self._forget(w)
+        with self.lock:
+            self.closed = True
+            ch.close_fd(self.wake_r)
+            ch.close_fd(self.wake_w)
+        self.waiter = None
+        self.launcher.close()
+
+
+def _mark_broken(executor_ref: weakref.ref, msg: str) -> None:
+    executor = executor_ref()
+    if executor is not None:
+        with executor._lock:
+            executor._broken = msg

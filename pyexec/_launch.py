@@ -1,0 +1,304 @@
+"""Starting worker processes, for every start method, without forking a threaded parent.
+
+spawn and forkserver: ``ctx.Process`` with the worker's two pipe ends passed
+through multiprocessing's own fd passing, so the worker sees the parent's
+``sys.path`` and main module exactly as the standard library's workers do.
+Starting one is safe from the manager thread (nothing is forked there).
+
+fork: the parent is forked once, into a *zygote*, while no pyexec thread runs
+(before the manager thread starts). The zygote is single-threaded; it forks
+every worker of the executor, the first ones and their replacements alike, and
+hands the parent each worker's pipe ends and sentinel over a unix socket
+(SCM_RIGHTS). So workers inherit the parent's state as of the first submit, as
+the standard library's fork workers do, and replacing a worker never forks a
+multi-threaded process.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import socket
+import struct
+import time
+from typing import Any
+
+from . import _channel as ch
+from ._worker import InheritFd, WorkerConfig, main
+
+# zygote <-> parent records: a command byte and two int32s.
+_REC = struct.Struct("<cii")
+
+
+class Worker:
+    """The parent's handle on one worker process."""
+
+    __slots__ = (
+        "_proc",
+        "acked",
+        "call_fd",
+        "exit_at",
+        "exitcode",
+        "fatal",
+        "inflight",
+        "kill_reason",
+        "kill_target",
+        "mark",
+        "pid",
+        "quota",
+        "reader",
+        "recycle",
+        "result_fd",
+        "sentinel",
+        "state",
+        "writer",
+    )
+
+    def __init__(self, pid: int, call_fd: int, result_fd: int, sentinel: int, proc: Any) -> None:
+        self.pid = pid
+        self.call_fd = ch.own_fd(call_fd)
+        self.result_fd = ch.own_fd(result_fd)
+        self.sentinel = sentinel
+        self._proc = proc
+        self.exitcode: int | None = None
+        self.writer = ch.Writer(call_fd)
+        self.reader = ch.Decoder()
+        self.inflight: Any = None  # set by the manager
+        self.state = "up"  # "up", "exiting" (exit frame sent), "dead"
+        self.mark = 0.0  # when the call at the head of inflight started
+        self.exit_at = 0.0  # when it was asked to exit with nothing in flight
+        self.quota: int | None = None  # calls it may still be given (max_tasks_per_child)
+        self.recycle = False  # it reported memory over max_memory_per_child
+        self.acked = False  # it acknowledged the exit frame
+        self.fatal: str | None = None  # why it is about to die, when it told us
+        self.kill_reason: str | None = None  # "timeout", "terminate", "exit-grace"
+        self.kill_target: Any = None  # the call it was killed for
+
+    def __repr__(self) -> str:
+        return f"<worker pid={self.pid} {self.state}>"
+
+
+class ProcessLauncher:
+    """Starts workers with ``ctx.Process`` (spawn, forkserver)."""
+
+    fd = -1  # nothing to watch: start() returns the worker itself
+
+    def __init__(self, ctx: Any, config: WorkerConfig) -> None:
+        self._ctx = ctx
+        self._config = config
+
+    def take_ready(self) -> list[Worker]:
+        """Workers started since the last call: none, start() returns them."""
+        return []
+
+    def start(self) -> Worker:
+        """Start one worker now."""
+        call_r, call_w = ch.make_pipe(False, True)
+        res_r, res_w = ch.make_pipe(True, False)
+        ch.own_fd(call_r)
+        ch.own_fd(res_w)
+        try:
+            proc = self._ctx.Process(
+                target=main,
+                args=(InheritFd(call_r), InheritFd(res_w), self._config),
+            )
+            proc.start()
+        except BaseException:
+            ch.close_fd(call_w)
+            ch.close_fd(res_r)
+            raise
+        finally:
+            ch.close_fd(call_r)
+            ch.close_fd(res_w)
+        return Worker(proc.pid, call_w, res_r, proc.sentinel, proc)
+
+    def exitcode(self, w: Worker, timeout: float) -> int | None:
+        """The exit status of a worker whose sentinel fired (None if unknown)."""
+        w._proc.join(timeout)
+        return w._proc.exitcode
+
+    def kill(self, w: Worker, sig: int = signal.SIGKILL) -> None:
+        """Send sig to the worker if it has not been reaped."""
+        if w._proc.exitcode is None:
+            try:
+                os.kill(w.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def release(self, w: Worker) -> None:
+        """Forget a dead worker: reap it and close its sentinel."""
+        try:
+            w._proc.join(0)
+            w._proc.close()
+        except ValueError:
+            pass
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
+class ZygoteLauncher:
+    """Forks workers from a single-threaded copy of the parent (fork)."""
+
+    def __init__(self, config: WorkerConfig) -> None:
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        ch.own_fd(parent.fileno())
+        pid = os.fork()
+        if pid == 0:  # the zygote
+            code = 1
+            try:
+                parent.detach()  # closed by the after-fork hook already
+                _zygote(child, config)
+                code = 0
+            finally:
+                os._exit(code)
+        child.close()
+        self._sock = parent
+        self.pid = pid
+        self.fd = parent.fileno()
+        self._codes: dict[int, int] = {}
+        self._ready: list[Worker] = []
+
+    def request(self) -> None:
+        """Ask the zygote for one more worker; it arrives through take_ready().
+
+        Raises OSError when the zygote is gone.
+        """
+        self._sock.sendall(_REC.pack(b"S", 0, 0))
+
+    def receive(self) -> bool:
+        """Read one record (the socket is readable). False once the zygote is gone."""
+        return self._read_record()
+
+    def take_ready(self) -> list[Worker]:
+        """Workers the zygote has handed over since the last call."""
+        ready, self._ready = self._ready, []
+        return ready
+
+    def _read_record(self) -> bool:
+        data, fds, _flags, _addr = socket.recv_fds(self._sock, _REC.size, 3)
+        while data and len(data) < _REC.size:
+            more = self._sock.recv(_REC.size - len(data))
+            if not more:
+                break
+            data += more
+        if len(data) < _REC.size:
+            for fd in fds:
+                os.close(fd)
+            return False  # the zygote is gone
+        cmd, pid, code = _REC.unpack(data)
+        if cmd == b"W":
+            call_w, res_r, sentinel = fds
+            for fd in fds:  # recvmsg does not set close-on-exec
+                os.set_inheritable(fd, False)
+            ch.own_fd(sentinel)
+            self._ready.append(Worker(pid, call_w, res_r, sentinel, None))
+        elif cmd == b"X":
+            self._codes[pid] = code
+        return True
+
+    def exitcode(self, w: Worker, timeout: float) -> int | None:
+        """The exit status the zygote reports for a worker whose sentinel fired."""
+        deadline = time.monotonic() + timeout
+        while w.pid not in self._codes:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            self._sock.settimeout(left)
+            try:
+                if not self._read_record():
+                    return None
+            except (TimeoutError, OSError):
+                return None
+            finally:
+                self._sock.settimeout(None)
+        return self._codes.pop(w.pid)
+
+    def kill(self, w: Worker, sig: int = signal.SIGKILL) -> None:
+        """Have the zygote signal the worker: it alone knows whether the pid was reaped."""
+        try:
+            self._sock.sendall(_REC.pack(b"K", w.pid, sig))
+        except OSError:
+            pass
+
+    def release(self, w: Worker) -> None:
+        """Close a dead worker's sentinel."""
+        ch.close_fd(w.sentinel)
+
+    def close(self) -> None:
+        """Close the socket; the zygote reaps its last workers and exits; reap it."""
+        ch.close_fd(self._sock.detach())
+        try:
+            os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            pass
+
+
+def _zygote(sock: socket.socket, config: WorkerConfig) -> None:
+    """The zygote's loop: start workers on request, report their exits."""
+    from multiprocessing import process
+    from multiprocessing.connection import wait
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    process._children.clear()  # the parent's children are not ours
+    ch.own_fd(sock.fileno())  # workers forked from here close it
+    ctx = multiprocessing.get_context("fork")
+    procs: dict[int, Any] = {}  # sentinel -> Process
+    parent_alive = True
+    while parent_alive or procs:
+        ready = wait(([sock] if parent_alive else []) + list(procs))
+        for r in ready:
+            if r is sock:
+                data = sock.recv(_REC.size)
+                while data and len(data) < _REC.size:
+                    more = sock.recv(_REC.size - len(data))
+                    if not more:
+                        data = b""
+                    data += more
+                if len(data) < _REC.size:
+                    parent_alive = False  # workers see EOF on their pipes too
+                    continue
+                cmd, pid, sig = _REC.unpack(data)
+                if cmd == b"S":
+                    proc = _fork_worker(ctx, sock, config)
+                    procs[proc.sentinel] = proc
+                elif cmd == b"K":
+                    for p in procs.values():
+                        if p.pid == pid:
+                            try:
+                                os.kill(pid, sig)
+                            except ProcessLookupError:
+                                pass
+            else:
+                proc = procs.pop(r)
+                proc.join()
+                if parent_alive:
+                    try:
+                        sock.sendall(_REC.pack(b"X", proc.pid, proc.exitcode))
+                    except OSError:
+                        parent_alive = False
+                ch.disown_fd(proc.sentinel)
+                proc.close()
+
+
+def _fork_worker(ctx: Any, sock: socket.socket, config: WorkerConfig) -> Any:
+    call_r, call_w = ch.make_pipe(False, True)
+    res_r, res_w = ch.make_pipe(True, False)
+    ch.own_fd(call_w)  # the worker must hold only its own ends
+    ch.own_fd(res_r)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = ctx.Process(target=main, args=(InheritFd(call_r), InheritFd(res_w), config))
+        proc.start()
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        os.close(call_r)
+        os.close(res_w)
+    ch.own_fd(proc.sentinel)
+    try:
+        socket.send_fds(sock, [_REC.pack(b"W", proc.pid, 0)], [call_w, res_r, proc.sentinel])
+    finally:
+        ch.close_fd(call_w)
+        ch.close_fd(res_r)
+    return proc

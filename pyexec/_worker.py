@@ -1,0 +1,150 @@
+"""The worker process's loop.
+
+Read what the call pipe has, decode every complete frame, run each call in
+order, pickle the result or the exception (with its traceback text) and write
+the results back, several in one write when they come quickly. An EXIT frame
+is answered with EXIT_ACK and a normal exit; end of file on the call pipe
+means the parent is gone, and the worker exits at once.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import sys
+import traceback
+from concurrent.futures import _base
+from dataclasses import dataclass
+from time import monotonic
+from typing import Any
+
+from . import _channel as ch
+
+# A result is held back to leave in one write with the next ones only when its
+# call took less than TINY_CALL and another call is already here, and never
+# longer than FLUSH_DELAY (seconds). The cost: a tiny call's result may wait
+# for the call queued right behind it in the same window.
+TINY_CALL = 0.00002
+FLUSH_DELAY = 0.0005
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What every worker of one executor is started with."""
+
+    initializer: Any = None
+    initargs: tuple = ()
+    max_memory: int | None = None
+
+
+class InheritFd:
+    """An fd handed to a worker: inherited under fork, passed by spawn/forkserver."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def __reduce__(self):
+        from multiprocessing import reduction
+
+        return (_rebuild_fd, (reduction.DupFd(self.fd),))
+
+
+def _rebuild_fd(dup) -> InheritFd:
+    return InheritFd(dup.detach())
+
+
+def _dumps_exception(exc: BaseException) -> bytes:
+    """(exception, traceback text), or the reason it cannot be pickled instead."""
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    exc.__traceback__ = None
+    try:
+        return pickle.dumps((exc, tb), pickle.HIGHEST_PROTOCOL)
+    except BaseException as err:  # the exception itself cannot be pickled
+        note = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+        err.__traceback__ = None
+        try:
+            return pickle.dumps((err, note + "\nwhile pickling:\n" + tb), pickle.HIGHEST_PROTOCOL)
+        except BaseException:
+            fallback = RuntimeError(
+                f"the task raised {type(exc).__name__}, which could not be pickled: {err!r}"
+            )
+            return pickle.dumps((fallback, tb), pickle.HIGHEST_PROTOCOL)
+
+
+def main(call: InheritFd, result: InheritFd, config: WorkerConfig) -> None:
+    """Entry point of a worker process (the target of its Process)."""
+    call_fd, result_fd = call.fd, result.fd
+    for fd in (call_fd, result_fd):
+        os.set_inheritable(fd, False)
+        os.set_blocking(fd, True)
+    # Linux: die with the process that started us, even while busy in a task.
+    ch.lib.px_parent_death_signal(signal.SIGKILL, os.getppid())
+    out = ch.Writer(result_fd)
+    if config.initializer is not None:
+        try:
+            config.initializer(*config.initargs)
+        except BaseException as exc:
+            _base.LOGGER.critical("Exception in initializer:", exc_info=True)
+            text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+            out.push(ch.KIND_FATAL, 0, pickle.dumps(f"its initializer raised {text}"))
+            out.flush()
+            sys.exit(1)
+    _loop(call_fd, out, config.max_memory)
+
+
+def _loop(call_fd: int, out: ch.Writer, max_memory: int | None) -> None:
+    dec = ch.Decoder()
+    loads, dumps, proto = pickle.loads, pickle.dumps, pickle.HIGHEST_PROTOCOL
+    push, flush = out.push, out.flush
+    next_view = dec.next_view
+    KIND_CALL, KIND_RESULT, KIND_ERROR = ch.KIND_CALL, ch.KIND_RESULT, ch.KIND_ERROR
+    rss = ch.rss
+    while True:
+        if dec.read(call_fd) == 0:
+            os._exit(0)  # the parent is gone
+        frames = []
+        while (frame := next_view()) is not None:
+            frames.append(frame)
+        held_since = 0.0
+        last = len(frames) - 1
+        for i, (kind, _flags, tid, buf) in enumerate(frames):
+            if kind == KIND_CALL:
+                start = monotonic()
+                try:
+                    fn, args, kwargs = loads(buf)
+                    r = fn(*args, **kwargs)
+                    del fn, args, kwargs
+                except BaseException as exc:
+                    payload, rkind = _dumps_exception(exc), KIND_ERROR
+                    del exc
+                else:
+                    try:
+                        payload, rkind = dumps(r, proto), KIND_RESULT
+                    except BaseException as exc:
+                        payload, rkind = _dumps_exception(exc), KIND_ERROR
+                        del exc
+                    del r
+                flags = 0
+                if max_memory is not None and rss() > max_memory:
+                    flags = ch.FLAG_RECYCLE
+                push(rkind, tid, payload, flags)
+                del payload
+                # Hold a result back only in a burst of tiny calls, and not for
+                # long: it leaves with the next ones in one write.
+                now = monotonic()
+                if i < last and now - start < TINY_CALL:
+                    if not held_since:
+                        held_since = now
+                    if now - held_since < FLUSH_DELAY:
+                        continue
+                flush()
+                held_since = 0.0
+            elif kind == ch.KIND_EXIT:
+                push(ch.KIND_EXIT_ACK, tid)
+                flush()
+                return
+            else:
+                raise ch.ChannelError(0, f"unexpected frame kind {kind} from the parent")
+        del frames
+        flush()
