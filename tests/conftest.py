@@ -1,0 +1,93 @@
+"""Shared fixtures: every start method, and a leak check around every test.
+
+After each test no child process, thread or fd may be left behind. The
+forkserver and the resource tracker are started once for the session (they
+are shared by every pool in the process, as in the standard library), so they
+are part of the baseline, not leaks.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+import threading
+import time
+from multiprocessing import forkserver, resource_tracker
+
+import psutil
+import pytest
+
+METHODS = ["fork", "forkserver", "spawn"] if sys.platform != "darwin" else ["spawn", "forkserver"]
+# Allow the tests' own helper modules to be imported by workers under spawn.
+sys.path.insert(0, os.path.dirname(__file__))
+
+
+@pytest.fixture(params=METHODS)
+def method(request) -> str:
+    """Each start method in turn."""
+    return request.param
+
+
+@pytest.fixture
+def ctx(method):
+    """The multiprocessing context of each start method in turn."""
+    return multiprocessing.get_context(method)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _shared_helpers():
+    forkserver.ensure_running()
+    resource_tracker.ensure_running()
+    yield
+
+
+def _fds() -> set[int]:
+    return {int(x) for x in os.listdir("/proc/self/fd" if os.path.isdir("/proc/self/fd")
+                                      else "/dev/fd")}
+
+
+def _children() -> set[int]:
+    return {p.pid for p in psutil.Process().children(recursive=True)
+            if p.status() != psutil.STATUS_ZOMBIE}
+
+
+def _settle(check, timeout: float = 10.0):
+    """Poll check() until it returns a falsy leak report or time runs out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        report = check()
+        if not report or time.monotonic() > deadline:
+            return report
+        time.sleep(0.05)
+
+
+@pytest.fixture(autouse=True)
+def no_leaks(request):
+    """Fail a test that leaves a child process, a thread or an fd behind."""
+    if request.node.get_closest_marker("allow_leaks"):
+        yield
+        return
+    children, threads, fds = _children(), set(threading.enumerate()), _fds()
+    yield
+    import gc
+
+    gc.collect()
+    left = _settle(lambda: _children() - children)
+    if left:
+        for pid in left:  # clean up so one leak does not fail every later test
+            try:
+                os.kill(pid, 9)
+            except OSError:
+                pass
+        pytest.fail(f"test left child processes behind: {sorted(left)}")
+    extra = _settle(lambda: [t for t in threading.enumerate() if t not in threads and t.is_alive()])
+    if extra:
+        pytest.fail(f"test left threads behind: {extra}")
+    leaked = _settle(lambda: _fds() - fds, timeout=2.0)
+    if leaked:
+        pytest.fail(f"test left fds open: {sorted(leaked)}")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "allow_leaks: the test checks leaks itself")
