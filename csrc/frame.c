@@ -191,6 +191,23 @@ int px_decoder_next(px_decoder *d, px_frame *out) {
     return 1;
 }
 
+int px_decoder_next_many(px_decoder *d, uint64_t *out, int max, const char **base) {
+    int n = 0;
+    px_frame f;
+    *base = d->buf;
+    while (n < max) {
+        int rc = px_decoder_next(d, &f);
+        if (rc < 0) return n > 0 ? n : rc;
+        if (rc == 0) break;
+        out[4 * n] = (uint64_t)f.kind | ((uint64_t)f.flags << 8);
+        out[4 * n + 1] = f.id;
+        out[4 * n + 2] = (uint64_t)(f.payload - d->buf);
+        out[4 * n + 3] = f.length;
+        n++;
+    }
+    return n;
+}
+
 uint64_t px_decoder_buffered(const px_decoder *d) {
     return d->end - d->start;
 }

@@ -45,16 +45,18 @@
 #define PX_HEADER_SIZE 24
 #define PX_MAGIC 167
 
-/* Frame kinds. Parent -> worker: CALL, EXIT. Worker -> parent: the rest;
- * FATAL (id 0) says why a worker is about to exit, e.g. its initializer
- * raised. */
+/* Frame kinds. Parent -> worker: CALL, BATCH (several calls of one map: one
+ * function, many argument tuples, one result frame each), EXIT. Worker ->
+ * parent: RESULT, ERROR, EXIT_ACK, and FATAL (id 0), which says why a worker
+ * is about to exit, e.g. its initializer raised. */
 #define PX_KIND_CALL 1
 #define PX_KIND_EXIT 2
 #define PX_KIND_RESULT 3
 #define PX_KIND_ERROR 4
 #define PX_KIND_EXIT_ACK 5
 #define PX_KIND_FATAL 6
-#define PX_KIND_MAX 6
+#define PX_KIND_BATCH 7
+#define PX_KIND_MAX 7
 
 /* Flags. Bits 1.. are kept for pickle protocol 5 out-of-band buffers
  * (payload carries slots of a shared-memory arena). */
@@ -110,6 +112,15 @@ int64_t px_decoder_read(px_decoder *d, int fd);
  * malformed, with px_decoder_error saying why. A frame is consumed only when
  * all its bytes are there. */
 int px_decoder_next(px_decoder *d, px_frame *out);
+
+/* Take up to max complete frames at once: for frame i, out[4*i .. 4*i+3]
+ * are kind | flags << 8, id, payload offset from *base, payload length.
+ * *base is the decoder's buffer; offsets and *base stay valid until the next
+ * px_decoder_read or px_decoder_feed. Returns the count (0 when more bytes
+ * are needed) or the sticky error, like px_decoder_next; frames taken before
+ * an error are returned first, the error on the next call. One call per read
+ * instead of one per frame: the per-call cost is what a tiny task pays. */
+int px_decoder_next_many(px_decoder *d, uint64_t *out, int max, const char **base);
 
 /* Bytes held that do not yet make a whole frame (non-zero at end of file
  * means the peer stopped mid-frame). */

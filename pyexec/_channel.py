@@ -72,6 +72,7 @@ KIND_RESULT = lib.PX_KIND_RESULT
 KIND_ERROR = lib.PX_KIND_ERROR
 KIND_EXIT_ACK = lib.PX_KIND_EXIT_ACK
 KIND_FATAL = lib.PX_KIND_FATAL
+KIND_BATCH = lib.PX_KIND_BATCH
 FLAG_RECYCLE = lib.PX_FLAG_RECYCLE
 READABLE = lib.PX_READABLE
 WRITABLE = lib.PX_WRITABLE
@@ -161,16 +162,22 @@ def encode(kind: int, tid: int, payload: bytes = b"", flags: int = 0) -> bytes:
 # ---- the decoder ----------------------------------------------------------
 
 
+# Frames taken per px_decoder_next_many call.
+BATCH = 256
+
+
 class Decoder:
     """An incremental frame decoder: bytes in (from an fd or fed), frames out."""
 
-    __slots__ = ("_d", "_frame")
+    __slots__ = ("_base", "_d", "_frame", "_meta")
 
     def __init__(self, max_payload: int = MAX_PAYLOAD) -> None:
         out = ffi.new("px_decoder **")
         check(lib.px_decoder_new(out, max_payload))
         self._d = ffi.gc(out[0], lib.px_decoder_free)
         self._frame = ffi.new("px_frame *")
+        self._meta = ffi.new("uint64_t[]", 4 * BATCH)
+        self._base = ffi.new("char **")
 
     def feed(self, data: bytes) -> None:
         """Append bytes."""
@@ -205,6 +212,21 @@ class Decoder:
                 return out
             else:
                 self._raise_for(rc)
+
+    def take(self) -> tuple[list[int], memoryview | None]:
+        """Up to BATCH complete frames: a flat list (kind | flags << 8, id,
+        offset, length per frame) and a view of the buffer the offsets point
+        into. The view is valid until the next read or feed: slice it, use the
+        slices, drop them. ([], None) when no frame is complete.
+        """
+        n = lib.px_decoder_next_many(self._d, self._meta, BATCH, self._base)
+        if n <= 0:
+            if n < 0:
+                self._raise_for(n)
+            return [], None
+        meta = ffi.unpack(self._meta, 4 * n)
+        end = meta[-2] + meta[-1]
+        return meta, memoryview(ffi.buffer(self._base[0], end))
 
     def next_view(self):
         """The next complete frame as (kind, flags, id, buffer) or None.

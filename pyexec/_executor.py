@@ -32,10 +32,12 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor, Future, InvalidStateError, _base
+from concurrent.futures import CancelledError, Executor, Future, InvalidStateError, _base
+from concurrent.futures import TimeoutError as FuturesTimeoutError
 from concurrent.futures.process import _RemoteTraceback
 from dataclasses import dataclass
 from functools import partial
+from queue import Empty, SimpleQueue
 from typing import Any
 
 from . import _channel as ch
@@ -95,32 +97,91 @@ class PoolStats:
 
 
 class _Task:
-    """One call: its future, its pickle (kept until done, to resend after a restart)."""
+    """One call: a future (submit) or a place in a map (job, index).
 
-    __slots__ = ("future", "kill", "payload", "started", "tid", "timeout")
+    A submitted call is pickled by submit and the pickle kept until the call
+    is done, to be sent again if the worker holding it dies before running it.
+    A map item keeps its arguments instead: it is pickled with its neighbours
+    into one BATCH frame at dispatch.
+    """
 
-    def __init__(self, tid: int, future: Future, payload: bytes, timeout: float | None) -> None:
+    __slots__ = ("args", "future", "index", "job", "kill", "payload", "started", "tid", "timeout")
+
+    def __init__(
+        self,
+        tid: int,
+        future: Future | None,
+        payload: bytes | None,
+        timeout: float | None,
+        job: _MapJob | None = None,
+        index: int = 0,
+        args: tuple = (),
+    ) -> None:
         self.tid = tid
         self.future = future
         self.payload = payload
         self.timeout = timeout
+        self.job = job
+        self.index = index
+        self.args = args
         self.started = False  # RUNNING already (a requeued call)
         self.kill: str | None = None  # "terminate" once terminate_task asked
 
+    def start(self) -> bool:
+        """Mark it running, as the stdlib does at dispatch; False if it was cancelled."""
+        if self.started:
+            return True
+        future = self.future
+        if future is None:
+            if self.job.cancelled:
+                return False
+        elif not future.set_running_or_notify_cancel():
+            return False
+        self.started = True
+        return True
 
-def _settle(future: Future, value: Any = None, exc: BaseException | None = None) -> None:
-    """Set a result or exception; a future settled meanwhile is left as it is.
+    def settle(self, value: Any = None, exc: BaseException | None = None) -> None:
+        """Deliver the outcome; a future settled meanwhile is left as it is.
 
-    terminate_task and a broken pool may race with a result arriving: the
-    InvalidStateError of the loser is expected and ignored.
+        terminate_task and a broken pool may race with a result arriving: the
+        InvalidStateError of the loser is expected and ignored.
+        """
+        future = self.future
+        if future is None:
+            self.job.queue.put((self.index, value, exc))
+            return
+        try:
+            if exc is None:
+                future.set_result(value)
+            else:
+                future.set_exception(exc)
+        except InvalidStateError:
+            pass
+
+    def cancel(self) -> bool:
+        """Cancel a call that has not started; False if it is running."""
+        if self.started:
+            return False
+        if self.future is None:
+            self.job.queue.put((self.index, None, CancelledError()))
+            return True
+        return self.future.cancel()
+
+
+class _MapJob:
+    """One map call: where its items' outcomes go, and whether it was abandoned.
+
+    Map's results are reachable only through its iterator, so its items need
+    no Future: the manager puts (index, value, exception) on a SimpleQueue (no
+    lock in Python) and the iterator puts them back in order.
     """
-    try:
-        if exc is None:
-            future.set_result(value)
-        else:
-            future.set_exception(exc)
-    except InvalidStateError:
-        pass
+
+    __slots__ = ("cancelled", "fn", "queue")
+
+    def __init__(self, fn: Callable) -> None:
+        self.fn = fn
+        self.queue: SimpleQueue = SimpleQueue()
+        self.cancelled = False
 
 
 def _process_chunk(fn: Callable, chunk: tuple) -> list:
@@ -302,32 +363,67 @@ class ProcessPoolExecutor(Executor):
         buffersize: int | None,
     ) -> Iterator[Any]:
         end_time = None if timeout is None else timeout + time.monotonic()
-        if buffersize:
-            fs = deque(self.submit(fn, *args) for args in itertools.islice(argtuples, buffersize))
-        else:
-            fs = deque(self.submit(fn, *args) for args in argtuples)
+        job = _MapJob(fn)
+        items = itertools.islice(argtuples, buffersize) if buffersize else argtuples
+        total = self._submit_items(job, 0, items)
         executor_weakref = weakref.ref(self)
 
         def result_iterator() -> Iterator[Any]:
+            nonlocal total
+            got: dict[int, tuple] = {}
+            get = job.queue.get
+            nxt = 0
             try:
-                fs.reverse()  # pop() from the right keeps submission order
-                while fs:
-                    if (
-                        buffersize
-                        and (executor := executor_weakref())
-                        and (args := next(argtuples, None))
-                    ):
-                        fs.appendleft(executor.submit(fn, *args))
+                while nxt < total:
+                    if buffersize and (executor := executor_weakref()):
+                        total += executor._submit_items(job, total, itertools.islice(argtuples, 1))
                         del executor
-                    if end_time is None:
-                        yield _result_or_cancel(fs.pop())
-                    else:
-                        yield _result_or_cancel(fs.pop(), end_time - time.monotonic())
+                    while nxt not in got:
+                        if end_time is None:
+                            index, value, exc = get()
+                        else:
+                            try:
+                                index, value, exc = get(timeout=max(0, end_time - time.monotonic()))
+                            except Empty:
+                                raise FuturesTimeoutError() from None
+                        got[index] = (value, exc)
+                    value, exc = got.pop(nxt)
+                    nxt += 1
+                    if exc is not None:
+                        try:
+                            raise exc
+                        finally:
+                            exc = None
+                    yield value
             finally:
-                for future in fs:
-                    future.cancel()
+                job.cancelled = True  # calls not yet dispatched are dropped
 
         return result_iterator()
+
+    def _submit_items(self, job: _MapJob, start: int, items: Iterable[tuple]) -> int:
+        """Queue map items (argument tuples) from index start; return how many."""
+        self._check_owner()
+        ids = self._ids
+        timeout = self._task_timeout
+        tasks = [
+            _Task(next(ids), None, None, timeout, job, index, args)
+            for index, args in enumerate(items, start)
+        ]
+        if not tasks:
+            return 0
+        with self._lock:
+            if self._broken:
+                raise BrokenProcessPool(self._broken)
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            if _global_shutdown:
+                raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+            mgr = self._mgr or self._start()
+            self._pending.extend(tasks)
+            mgr.submitted += len(tasks)
+            if mgr.sleeping:
+                mgr.wake()
+        return len(tasks)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop taking work; finish (or cancel) what is pending; stop the workers.
@@ -356,7 +452,7 @@ class ProcessPoolExecutor(Executor):
                 task = self._pending.popleft()
             except IndexError:
                 break
-            if not task.future.cancel():
+            if not task.cancel():
                 keep.append(task)  # already running (requeued after a restart)
         self._pending.extendleft(reversed(keep))
 
@@ -670,13 +766,14 @@ class _Manager:
                         task = pending.popleft()
                     except IndexError:
                         break
-                    if not task.started:
-                        if not task.future.set_running_or_notify_cancel():
-                            continue  # cancelled while pending
-                        task.started = True
-                    push(ch.KIND_CALL, task.tid, task.payload)
-                    inflight.append(task)
-                    sent += 1
+                    if not task.start():
+                        continue  # cancelled while pending
+                    if task.job is None:
+                        push(ch.KIND_CALL, task.tid, task.payload)
+                        inflight.append(task)
+                        sent += 1
+                    else:
+                        sent += self._push_batch(w, task, room - sent)
                 if sent:
                     if idle:
                         w.mark = now
@@ -687,6 +784,40 @@ class _Manager:
                 w.quota == 0 or w.recycle or (stopping and not pending and not inflight)
             ):
                 self._ask_exit(w, now)
+
+    def _push_batch(self, w: Worker, first: _Task, room: int) -> int:
+        """Send first and the next pending items of its map in one BATCH frame."""
+        job = first.job
+        pending = self.pending
+        batch = [first]
+        while len(batch) < room and pending and pending[0].job is job:
+            task = pending.popleft()
+            if task.start():
+                batch.append(task)
+        try:
+            payload = pickle.dumps(
+                (job.fn, [t.tid for t in batch], [t.args for t in batch]), pickle.HIGHEST_PROTOCOL
+            )
+        except BaseException:
+            # Find the items that cannot be pickled: each fails alone, as in the stdlib.
+            good = []
+            for task in batch:
+                try:
+                    pickle.dumps((job.fn, task.args), pickle.HIGHEST_PROTOCOL)
+                except BaseException as exc:
+                    self.failed += 1
+                    task.settle(exc=exc)
+                else:
+                    good.append(task)
+            if not good:
+                return 0
+            batch = good
+            payload = pickle.dumps(
+                (job.fn, [t.tid for t in batch], [t.args for t in batch]), pickle.HIGHEST_PROTOCOL
+            )
+        w.writer.push(ch.KIND_BATCH, batch[0].tid, payload)
+        w.inflight.extend(batch)
+        return len(batch)
 
     def _ask_exit(self, w: Worker, now: float) -> None:
         """Queue the exit frame: the worker finishes its window, acks and exits."""
@@ -720,8 +851,8 @@ class _Manager:
             except ch.ChannelError as exc:
                 self._protocol_error(w, str(exc))
                 return False
-            for future, value, exc in settled:
-                _settle(future, value, exc)
+            for task, value, exc in settled:
+                task.settle(value, exc)
             del settled
             if n == 0:
                 self._worker_died(w)
@@ -734,43 +865,51 @@ class _Manager:
         out = []
         inflight = w.inflight
         loads = pickle.loads
-        next_view = w.reader.next_view
+        take = w.reader.take
+        KIND_RESULT, KIND_ERROR = ch.KIND_RESULT, ch.KIND_ERROR
         k = 0
-        while (frame := next_view()) is not None:
-            kind, flags, tid, buf = frame
-            if kind == ch.KIND_RESULT or kind == ch.KIND_ERROR:
-                if not inflight or inflight[0].tid != tid:
-                    raise ch.ChannelError(0, f"result for call {tid}, which it does not hold")
-                task = inflight.popleft()
-                k += 1
-                try:
-                    obj = loads(buf)
-                except BaseException as err:
-                    exc = pickle.UnpicklingError(
-                        f"the {'result' if kind == ch.KIND_RESULT else 'exception'} of "
-                        f"call {tid} could not be unpickled: {err!r}"
-                    )
-                    exc.__cause__ = err
-                    out.append((task.future, None, exc))
-                    self.failed += 1
-                else:
-                    if kind == ch.KIND_RESULT:
-                        out.append((task.future, obj, None))
-                        self.completed += 1
-                    else:
-                        exc, tb = obj
-                        exc.__cause__ = _RemoteTraceback(f'\n"""\n{tb}"""')
-                        out.append((task.future, None, exc))
+        while True:
+            meta, view = take()
+            if not meta:
+                break
+            for i in range(0, len(meta), 4):
+                kind = meta[i] & 0xFF
+                tid = meta[i + 1]
+                off = meta[i + 2]
+                buf = view[off : off + meta[i + 3]]
+                if kind == KIND_RESULT or kind == KIND_ERROR:
+                    if not inflight or inflight[0].tid != tid:
+                        raise ch.ChannelError(0, f"result for call {tid}, which it does not hold")
+                    task = inflight.popleft()
+                    k += 1
+                    try:
+                        obj = loads(buf)
+                    except BaseException as err:
+                        what = "result" if kind == KIND_RESULT else "exception"
+                        exc = pickle.UnpicklingError(
+                            f"the {what} of call {tid} could not be unpickled: {err!r}"
+                        )
+                        exc.__cause__ = err
+                        out.append((task, None, exc))
                         self.failed += 1
-                task.payload = None
-                if flags & ch.FLAG_RECYCLE:
-                    w.recycle = True
-            elif kind == ch.KIND_EXIT_ACK:
-                w.acked = True
-            elif kind == ch.KIND_FATAL:
-                w.fatal = str(loads(buf))
-            else:
-                raise ch.ChannelError(0, f"unexpected frame kind {kind} from worker")
+                    else:
+                        if kind == KIND_RESULT:
+                            out.append((task, obj, None))
+                            self.completed += 1
+                        else:
+                            exc, tb = obj
+                            exc.__cause__ = _RemoteTraceback(f'\n"""\n{tb}"""')
+                            out.append((task, None, exc))
+                            self.failed += 1
+                    task.payload = None
+                    if meta[i] >> 8 & ch.FLAG_RECYCLE:
+                        w.recycle = True
+                elif kind == ch.KIND_EXIT_ACK:
+                    w.acked = True
+                elif kind == ch.KIND_FATAL:
+                    w.fatal = str(loads(buf))
+                else:
+                    raise ch.ChannelError(0, f"unexpected frame kind {kind} from worker")
         if k:
             now = time.monotonic()
             if not inflight:
@@ -799,8 +938,8 @@ class _Manager:
             try:
                 while True:  # read what it wrote before dying
                     n = w.reader.read(w.result_fd)
-                    for future, value, exc in self._decode(w):
-                        _settle(future, value, exc)
+                    for task, value, exc in self._decode(w):
+                        task.settle(value, exc)
                     if n <= 0:
                         break
             except ch.ChannelError as exc:
@@ -840,7 +979,7 @@ class _Manager:
                 )
             self.failed += 1
             self._requeue(w.inflight)
-            _settle(head.future, exc=exc)
+            head.settle(exc=exc)
             return
         detail = f"worker pid {w.pid} died with {how}"
         if w.fatal:
@@ -850,8 +989,7 @@ class _Manager:
                 head = w.inflight.popleft()
                 self.failed += 1
                 self._requeue(w.inflight)
-                _settle(
-                    head.future,
+                head.settle(
                     exc=WorkerDied(
                         f"{detail} while running call {head.tid}; a new worker takes its place",
                         w.pid,
@@ -903,17 +1041,17 @@ class _Manager:
                 w.exit_at = now
                 self._signal(w, signal.SIGTERM)
         for task in doomed:
-            if cancelled and task.future.cancel():
+            if cancelled and task.cancel():
                 continue
             self.failed += 1
             err = BrokenProcessPool(msg)
             err.__cause__ = cause
-            _settle(task.future, exc=err)
+            task.settle(exc=err)
 
     def _fail_all(self, tasks: deque, msg: str) -> None:
         for task in tasks:
             self.failed += 1
-            _settle(task.future, exc=BrokenProcessPool(msg or _BROKEN_PREFIX))
+            task.settle(exc=BrokenProcessPool(msg or _BROKEN_PREFIX))
         tasks.clear()
 
     # ---- deadlines ------------------------------------------------------------

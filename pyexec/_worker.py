@@ -97,54 +97,105 @@ def _loop(call_fd: int, out: ch.Writer, max_memory: int | None) -> None:
     dec = ch.Decoder()
     loads, dumps, proto = pickle.loads, pickle.dumps, pickle.HIGHEST_PROTOCOL
     push, flush = out.push, out.flush
-    next_view = dec.next_view
-    KIND_CALL, KIND_RESULT, KIND_ERROR = ch.KIND_CALL, ch.KIND_RESULT, ch.KIND_ERROR
+    take = dec.take
     rss = ch.rss
     while True:
         if dec.read(call_fd) == 0:
             os._exit(0)  # the parent is gone
-        frames = []
-        while (frame := next_view()) is not None:
-            frames.append(frame)
-        held_since = 0.0
-        last = len(frames) - 1
-        for i, (kind, _flags, tid, buf) in enumerate(frames):
-            if kind == KIND_CALL:
-                start = monotonic()
+        while True:
+            meta, view = take()
+            if not meta:
+                break
+            if _run_frames(meta, view, push, flush, loads, dumps, proto, rss, max_memory):
+                return
+        flush()
+
+
+def _run_frames(meta, view, push, flush, loads, dumps, proto, rss, max_memory) -> bool:
+    """Run every call of one batch of frames; True when an exit frame came."""
+    KIND_CALL, KIND_RESULT, KIND_ERROR = ch.KIND_CALL, ch.KIND_RESULT, ch.KIND_ERROR
+    KIND_BATCH = ch.KIND_BATCH
+    held_since = 0.0
+    last = len(meta) - 4
+    for i in range(0, len(meta), 4):
+        kind = meta[i] & 0xFF
+        tid = meta[i + 1]
+        if kind == KIND_CALL:
+            buf = view[meta[i + 2] : meta[i + 2] + meta[i + 3]]
+            start = monotonic()
+            try:
+                fn, args, kwargs = loads(buf)
+                r = fn(*args, **kwargs)
+                del fn, args, kwargs
+            except BaseException as exc:
+                payload, rkind = _dumps_exception(exc), KIND_ERROR
+                del exc
+            else:
                 try:
-                    fn, args, kwargs = loads(buf)
-                    r = fn(*args, **kwargs)
-                    del fn, args, kwargs
+                    payload, rkind = dumps(r, proto), KIND_RESULT
                 except BaseException as exc:
                     payload, rkind = _dumps_exception(exc), KIND_ERROR
                     del exc
-                else:
-                    try:
-                        payload, rkind = dumps(r, proto), KIND_RESULT
-                    except BaseException as exc:
-                        payload, rkind = _dumps_exception(exc), KIND_ERROR
-                        del exc
-                    del r
-                flags = 0
-                if max_memory is not None and rss() > max_memory:
-                    flags = ch.FLAG_RECYCLE
-                push(rkind, tid, payload, flags)
-                del payload
-                # Hold a result back only in a burst of tiny calls, and not for
-                # long: it leaves with the next ones in one write.
-                now = monotonic()
-                if i < last and now - start < TINY_CALL:
-                    if not held_since:
-                        held_since = now
-                    if now - held_since < FLUSH_DELAY:
-                        continue
-                flush()
-                held_since = 0.0
-            elif kind == ch.KIND_EXIT:
-                push(ch.KIND_EXIT_ACK, tid)
-                flush()
-                return
-            else:
-                raise ch.ChannelError(0, f"unexpected frame kind {kind} from the parent")
-        del frames
+                del r
+            flags = 0
+            if max_memory is not None and rss() > max_memory:
+                flags = ch.FLAG_RECYCLE
+            push(rkind, tid, payload, flags)
+            del payload
+            # Hold a result back only in a burst of tiny calls, and not for
+            # long: it leaves with the next ones in one write.
+            now = monotonic()
+            if i < last and now - start < TINY_CALL:
+                if not held_since:
+                    held_since = now
+                if now - held_since < FLUSH_DELAY:
+                    continue
+            flush()
+            held_since = 0.0
+        elif kind == KIND_BATCH:
+            buf = view[meta[i + 2] : meta[i + 2] + meta[i + 3]]
+            _run_batch(loads(buf), push, flush, dumps, proto, rss, max_memory)
+            del buf
+        elif kind == ch.KIND_EXIT:
+            push(ch.KIND_EXIT_ACK, tid)
+            flush()
+            return True
+        else:
+            raise ch.ChannelError(0, f"unexpected frame kind {kind} from the parent")
+    return False
+
+
+def _run_batch(call, push, flush, dumps, proto, rss, max_memory) -> None:
+    """Run the items of one map batch in order, one result frame each."""
+    fn, tids, argslist = call
+    KIND_RESULT, KIND_ERROR = ch.KIND_RESULT, ch.KIND_ERROR
+    held_since = 0.0
+    last = len(tids) - 1
+    for j, tid in enumerate(tids):
+        start = monotonic()
+        try:
+            r = fn(*argslist[j])
+        except BaseException as exc:
+            payload, rkind = _dumps_exception(exc), KIND_ERROR
+            del exc
+        else:
+            try:
+                payload, rkind = dumps(r, proto), KIND_RESULT
+            except BaseException as exc:
+                payload, rkind = _dumps_exception(exc), KIND_ERROR
+                del exc
+            del r
+        argslist[j] = None
+        flags = 0
+        if max_memory is not None and rss() > max_memory:
+            flags = ch.FLAG_RECYCLE
+        push(rkind, tid, payload, flags)
+        del payload
+        now = monotonic()
+        if j < last and now - start < TINY_CALL:
+            if not held_since:
+                held_since = now
+            if now - held_since < FLUSH_DELAY:
+                continue
         flush()
+        held_since = 0.0
