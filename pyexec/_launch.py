@@ -168,16 +168,34 @@ class ZygoteLauncher:
         self._sock.sendall(_REC.pack(b"S", 0, 0))
 
     def receive(self) -> bool:
-        """Read one record (the socket is readable). False once the zygote is gone."""
-        return self._read_record()
+        """Read the records that are there (the socket was reported readable).
+
+        False once the zygote is gone. Never blocks: exitcode() may already
+        have read what the readiness was about.
+        """
+        while True:
+            try:
+                if not self._read_record(0.0):
+                    return False
+            except (BlockingIOError, TimeoutError):
+                return True
 
     def take_ready(self) -> list[Worker]:
         """Workers the zygote has handed over since the last call."""
         ready, self._ready = self._ready, []
         return ready
 
-    def _read_record(self) -> bool:
-        data, fds, _flags, _addr = socket.recv_fds(self._sock, _REC.size, 3)
+    def _read_record(self, timeout: float | None) -> bool:
+        """Read one record, waiting up to timeout seconds for its first byte.
+
+        Raises BlockingIOError or TimeoutError when none came; False when the
+        zygote is gone.
+        """
+        self._sock.settimeout(timeout)
+        try:
+            data, fds, _flags, _addr = socket.recv_fds(self._sock, _REC.size, 3)
+        finally:
+            self._sock.settimeout(None)
         while data and len(data) < _REC.size:
             more = self._sock.recv(_REC.size - len(data))
             if not more:
@@ -205,14 +223,11 @@ class ZygoteLauncher:
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
-            self._sock.settimeout(left)
             try:
-                if not self._read_record():
+                if not self._read_record(left):
                     return None
-            except (TimeoutError, OSError):
+            except (BlockingIOError, TimeoutError, OSError):
                 return None
-            finally:
-                self._sock.settimeout(None)
         return self._codes.pop(w.pid)
 
     def kill(self, w: Worker, sig: int = signal.SIGKILL) -> None:
