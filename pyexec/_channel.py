@@ -77,6 +77,7 @@ FLAG_RECYCLE = lib.PX_FLAG_RECYCLE
 READABLE = lib.PX_READABLE
 WRITABLE = lib.PX_WRITABLE
 IOV_MAX = lib.PX_IOV_MAX
+READ_CHUNK = lib.PX_READ_CHUNK
 
 # Frames whose payload is at least this long are written from the pickle's own
 # buffer; smaller ones are copied into one coalesced buffer, so a burst of

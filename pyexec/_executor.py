@@ -173,19 +173,55 @@ class _Task:
 
 
 class _MapJob:
-    """One map call: where its items' outcomes go, and whether it was abandoned.
+    """One map call: its items not yet dispatched, and where their outcomes go.
 
     Map's results are reachable only through its iterator, so its items need
     no Future: the manager puts (index, value, exception) on a SimpleQueue (no
-    lock in Python) and the iterator puts them back in order.
+    lock in Python) and the iterator puts them back in order. Items wait here
+    as bare argument tuples and become _Tasks only when dispatched, so a map
+    over a million items costs a million tuples, not a million objects more.
+    The job stands in the pending deque at most once (``queued``). Items are
+    added and taken under the executor's lock.
     """
 
-    __slots__ = ("cancelled", "fn", "queue")
+    __slots__ = ("cancelled", "fn", "items", "next_index", "queue", "queued", "timeout")
 
-    def __init__(self, fn: Callable) -> None:
+    def __init__(self, fn: Callable, timeout: float | None) -> None:
         self.fn = fn
+        self.timeout = timeout
         self.queue: SimpleQueue = SimpleQueue()
+        self.items: deque[tuple] = deque()
+        self.next_index = 0
+        self.queued = False
         self.cancelled = False
+
+    def take(self, n: int, ids: Iterator[int]) -> list[_Task]:
+        """The next n items (fewer if there are fewer) as tasks (lock held)."""
+        items = self.items
+        n = min(n, len(items))
+        index = self.next_index
+        self.next_index += n
+        timeout = self.timeout
+        return [
+            _Task(next(ids), None, None, timeout, self, index + j, items.popleft())
+            for j in range(n)
+        ]
+
+
+def _drain_pending(pending: deque, lock: Any, ids: Iterator[int]) -> list[_Task]:
+    """Empty the pending deque into a list of tasks, map items included."""
+    out: list[_Task] = []
+    while True:
+        try:
+            entry = pending.popleft()
+        except IndexError:
+            return out
+        if entry.__class__ is _MapJob:
+            with lock:
+                out.extend(entry.take(len(entry.items), ids))
+                entry.queued = False
+        else:
+            out.append(entry)
 
 
 def _process_chunk(fn: Callable, chunk: tuple) -> list:
@@ -363,12 +399,8 @@ class ProcessPoolExecutor(Executor):
             raise ValueError("buffersize must be None or > 0")
         if chunksize == 1:
             return self._map(fn, zip(*iterables, strict=False), timeout, buffersize)
-        results = self._map(
-            partial(_process_chunk, fn),
-            _batched(zip(*iterables, strict=False), chunksize),
-            timeout,
-            buffersize,
-        )
+        chunks = zip(_batched(zip(*iterables, strict=False), chunksize), strict=False)
+        results = self._map(partial(_process_chunk, fn), chunks, timeout, buffersize)
         return itertools.chain.from_iterable(results)
 
     def _map(
@@ -379,7 +411,7 @@ class ProcessPoolExecutor(Executor):
         buffersize: int | None,
     ) -> Iterator[Any]:
         end_time = None if timeout is None else timeout + time.monotonic()
-        job = _MapJob(fn)
+        job = _MapJob(fn, self._task_timeout)
         items = itertools.islice(argtuples, buffersize) if buffersize else argtuples
         total = self._submit_items(job, 0, items)
         executor_weakref = weakref.ref(self)
@@ -419,13 +451,8 @@ class ProcessPoolExecutor(Executor):
     def _submit_items(self, job: _MapJob, start: int, items: Iterable[tuple]) -> int:
         """Queue map items (argument tuples) from index start; return how many."""
         self._check_owner()
-        ids = self._ids
-        timeout = self._task_timeout
-        tasks = [
-            _Task(next(ids), None, None, timeout, job, index, args)
-            for index, args in enumerate(items, start)
-        ]
-        if not tasks:
+        items = list(items)
+        if not items:
             return 0
         with self._lock:
             if self._broken:
@@ -435,11 +462,14 @@ class ProcessPoolExecutor(Executor):
             if _global_shutdown:
                 raise RuntimeError("cannot schedule new futures after interpreter shutdown")
             mgr = self._mgr or self._start()
-            self._pending.extend(tasks)
-            mgr.submitted += len(tasks)
+            job.items.extend(items)
+            if not job.queued:
+                job.queued = True
+                self._pending.append(job)
+            mgr.submitted += len(items)
             if mgr.sleeping:
                 mgr.wake()
-        return len(tasks)
+        return len(items)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop taking work; finish (or cancel) what is pending; stop the workers.
@@ -463,11 +493,7 @@ class ProcessPoolExecutor(Executor):
 
     def _cancel_pending(self) -> None:
         keep = []
-        while True:
-            try:
-                task = self._pending.popleft()
-            except IndexError:
-                break
+        for task in _drain_pending(self._pending, self._lock, self._ids):
             if not task.cancel():
                 keep.append(task)  # already running (requeued after a restart)
         self._pending.extendleft(reversed(keep))
@@ -517,9 +543,10 @@ class ProcessPoolExecutor(Executor):
     def stats(self) -> PoolStats:
         """A cheap snapshot of the counters, for monitoring."""
         mgr = self._mgr
+        pending = sum(len(e.items) if e.__class__ is _MapJob else 1 for e in list(self._pending))
         if mgr is None:
-            return PoolStats(0, 0, 0, len(self._pending), 0, 0, 0)
-        return mgr.stats(len(self._pending))
+            return PoolStats(0, 0, 0, pending, 0, 0, 0)
+        return mgr.stats(pending)
 
     # ---- internals ----------------------------------------------------------
 
@@ -550,6 +577,7 @@ class _Manager:
         self.pid = os.getpid()
         self.lock = executor._lock
         self.pending = executor._pending
+        self.ids = executor._ids
         self.max_workers = executor._max_workers
         self.max_tasks = executor._max_tasks_per_child
         self.on_crash = executor._on_crash
@@ -749,7 +777,7 @@ class _Manager:
         """Start workers while there is more work than live workers can take."""
         alive = sum(1 for w in self.workers if w.state == "up") + self.starting
         inflight = sum(len(w.inflight) for w in self.workers)
-        want = min(self.max_workers, len(self.pending) + inflight)
+        want = min(self.max_workers, self._backlog(self.max_workers) + inflight)
         stopping = self.stop or _global_shutdown
         if stopping and not self.pending:
             want = 0
@@ -788,6 +816,15 @@ class _Manager:
     def _signal(self, w: Worker, sig: int) -> None:
         self.launcher.kill(w, sig)
 
+    def _backlog(self, limit: int) -> int:
+        """Calls waiting in pending, counted up to limit (map items included)."""
+        n = 0
+        for entry in self.pending:
+            n += len(entry.items) if entry.__class__ is _MapJob else 1
+            if n >= limit:
+                return limit
+        return n
+
     def _has_room(self) -> bool:
         return any(w.state == "up" and len(w.inflight) < self.window for w in self.workers)
 
@@ -803,7 +840,8 @@ class _Manager:
             room = self.window - len(inflight)
             if pending and room > 0:
                 ups = sum(1 for x in self.workers if x.state == "up")
-                share = -(-len(pending) // ups)  # spread a short burst evenly
+                # Spread a short burst evenly over the workers.
+                share = -(-self._backlog(self.window * ups) // ups)
                 room = min(room, share)
                 if w.quota is not None:
                     room = min(room, w.quota)
@@ -815,14 +853,16 @@ class _Manager:
                         task = pending.popleft()
                     except IndexError:
                         break
-                    if not task.start():
+                    if task.__class__ is _MapJob:
+                        sent += self._push_batch(w, task, room - sent)
+                    elif not task.start():
                         continue  # cancelled while pending
-                    if task.job is None:
+                    elif task.job is None:
                         push(ch.KIND_CALL, task.tid, task.payload)
                         inflight.append(task)
                         sent += 1
-                    else:
-                        sent += self._push_batch(w, task, room - sent)
+                    else:  # a map item sent again after a restart
+                        sent += self._push_batch(w, task.job, room - sent, [task])
                 if sent:
                     if idle:
                         w.mark = now
@@ -834,15 +874,30 @@ class _Manager:
             ):
                 self._ask_exit(w, now)
 
-    def _push_batch(self, w: Worker, first: _Task, room: int) -> int:
-        """Send first and the next pending items of its map in one BATCH frame."""
-        job = first.job
+    def _push_batch(self, w: Worker, job: _MapJob, room: int, batch: list | None = None) -> int:
+        """Send up to room items of a map in one BATCH frame (job was popped from pending).
+
+        batch: items already taken (requeued ones); the rest come from the job.
+        """
         pending = self.pending
-        batch = [first]
-        while len(batch) < room and pending and pending[0].job is job:
-            task = pending.popleft()
-            if task.start():
-                batch.append(task)
+        batch = batch or []
+        if batch:  # requeued items of this map come first, in order
+            while len(batch) < room and pending and getattr(pending[0], "job", None) is job:
+                batch.append(pending.popleft())
+        else:
+            with self.lock:
+                if job.cancelled:
+                    job.items.clear()
+                else:
+                    batch = job.take(room, self.ids)
+                if job.items:
+                    pending.appendleft(job)  # the rest goes first next time
+                else:
+                    job.queued = False
+        if not batch:
+            return 0
+        for task in batch:
+            task.started = True
         try:
             payload = pickle.dumps(
                 (job.fn, [t.tid for t in batch], [t.args for t in batch]), pickle.HIGHEST_PROTOCOL
@@ -912,7 +967,11 @@ class _Manager:
             if n == 0:
                 self._worker_died(w)
                 return False
-            if n < 0:
+            if n < ch.READ_CHUNK:
+                # Drained (a short read), or would block: the waiter reports
+                # the rest. One syscall less per wake: each one hands the GIL
+                # away, and getting it back from a busy submitter costs up to
+                # the interpreter's switch interval.
                 return True
 
     def _decode(self, w: Worker) -> list:
@@ -1053,7 +1112,7 @@ class _Manager:
                 )
             return
         msg = f"{_BROKEN_PREFIX}: {detail}."
-        self._break(msg)
+        self._break(msg, lost=w.inflight)
 
     def _requeue(self, tasks: deque) -> None:
         """Calls a dead worker held but had not started go first in line again."""
@@ -1074,18 +1133,25 @@ class _Manager:
         self.launcher.release(w)
         self.workers.remove(w)
 
-    def _break(self, msg: str, cause: BaseException | None = None, cancelled: bool = False) -> None:
-        """The pool is broken: every pending and running call fails, workers stop."""
+    def _break(
+        self,
+        msg: str,
+        cause: BaseException | None = None,
+        cancelled: bool = False,
+        lost: deque | None = None,
+    ) -> None:
+        """The pool is broken: every pending and running call fails, workers stop.
+
+        lost: the calls of a worker already forgotten (the one that died).
+        """
         if self.broken is not None:
             return
         self.broken = msg
         self.set_broken(msg)
-        doomed = []
-        while True:
-            try:
-                doomed.append(self.pending.popleft())
-            except IndexError:
-                break
+        doomed = list(lost or ())
+        if lost:
+            lost.clear()
+        doomed += _drain_pending(self.pending, self.lock, self.ids)
         for w in self.workers:
             doomed.extend(w.inflight)
             w.inflight.clear()
