@@ -47,8 +47,9 @@
 
 /* Frame kinds. Parent -> worker: CALL, BATCH (several calls of one map: one
  * function, many argument tuples, one result frame each), EXIT. Worker ->
- * parent: RESULT, ERROR, EXIT_ACK, and FATAL (id 0), which says why a worker
- * is about to exit, e.g. its initializer raised. */
+ * parent: RESULT, ERROR, EXIT_ACK, READY (id 0: the initializer is done, calls
+ * run from now on, so deadlines count from now) and FATAL (id 0), which says
+ * why a worker is about to exit, e.g. its initializer raised. */
 #define PX_KIND_CALL 1
 #define PX_KIND_EXIT 2
 #define PX_KIND_RESULT 3
@@ -56,7 +57,8 @@
 #define PX_KIND_EXIT_ACK 5
 #define PX_KIND_FATAL 6
 #define PX_KIND_BATCH 7
-#define PX_KIND_MAX 7
+#define PX_KIND_READY 8
+#define PX_KIND_MAX 8
 
 /* Flags. Bits 1.. are kept for pickle protocol 5 out-of-band buffers
  * (payload carries slots of a shared-memory arena). */

@@ -3,6 +3,7 @@
  * A flat array of pollfds with their tokens; lookups are linear, which is
  * fine for the few fds a pool has (two per worker and a wake fd).
  */
+#include <fcntl.h>
 #include <poll.h>
 
 typedef struct {
@@ -42,6 +43,9 @@ static int poll_find(poll_state *s, int fd) {
 static int poll_add(void *st, int fd, uint32_t events, uint64_t token) {
     poll_state *s = st;
     if (poll_find(s, fd) >= 0) return -EEXIST;
+    /* Refuse an fd that is not open, as epoll_ctl does: poll(2) would take it
+     * and report POLLNVAL (readable) on every wait from then on. */
+    if (fcntl(fd, F_GETFD) < 0) return -errno;
     if (s->n == s->cap) {
         int cap = s->cap ? s->cap * 2 : 16;
         struct pollfd *nf = realloc(s->fds, sizeof(*nf) * (size_t)cap);

@@ -265,8 +265,8 @@ class ProcessPoolExecutor(Executor):
         mp_context: Any = None,
         initializer: Callable[..., object] | None = None,
         initargs: tuple = (),
-        max_tasks_per_child: int | None = None,
         *,
+        max_tasks_per_child: int | None = None,
         on_crash: str = "break",
         task_timeout: float | None = None,
         max_memory_per_child: int | None = None,
@@ -898,27 +898,29 @@ class _Manager:
             return 0
         for task in batch:
             task.started = True
+        # Each item's arguments are pickled on their own, so one that cannot
+        # be pickled here, or unpickled in the worker, fails alone.
+        dumps, proto = pickle.dumps, pickle.HIGHEST_PROTOCOL
         try:
-            payload = pickle.dumps(
-                (job.fn, [t.tid for t in batch], [t.args for t in batch]), pickle.HIGHEST_PROTOCOL
-            )
-        except BaseException:
-            # Find the items that cannot be pickled: each fails alone, as in the stdlib.
-            good = []
+            fn_pickle = dumps(job.fn, proto)
+        except BaseException as exc:
             for task in batch:
-                try:
-                    pickle.dumps((job.fn, task.args), pickle.HIGHEST_PROTOCOL)
-                except BaseException as exc:
-                    self.failed += 1
-                    task.settle(exc=exc)
-                else:
-                    good.append(task)
-            if not good:
-                return 0
-            batch = good
-            payload = pickle.dumps(
-                (job.fn, [t.tid for t in batch], [t.args for t in batch]), pickle.HIGHEST_PROTOCOL
-            )
+                self.failed += 1
+                task.settle(exc=exc)
+            return 0
+        good, pickles = [], []
+        for task in batch:
+            try:
+                pickles.append(dumps(task.args, proto))
+            except BaseException as exc:
+                self.failed += 1
+                task.settle(exc=exc)
+            else:
+                good.append(task)
+        if not good:
+            return 0
+        batch = good
+        payload = dumps(([t.tid for t in batch], fn_pickle, pickles), proto)
         w.writer.push(ch.KIND_BATCH, batch[0].tid, payload)
         w.inflight.extend(batch)
         return len(batch)
@@ -1018,6 +1020,9 @@ class _Manager:
                     task.payload = None
                     if meta[i] >> 8 & ch.FLAG_RECYCLE:
                         w.recycle = True
+                elif kind == ch.KIND_READY:
+                    w.ready = True
+                    w.mark = time.monotonic()  # the head call starts now
                 elif kind == ch.KIND_EXIT_ACK:
                     w.acked = True
                 elif kind == ch.KIND_FATAL:
@@ -1189,7 +1194,7 @@ class _Manager:
                 head = w.inflight[0]
                 if head.kill is not None:
                     due = now
-                elif head.timeout is not None:
+                elif head.timeout is not None and w.ready:
                     due = w.mark + head.timeout
             elif w.state == "exiting":
                 due = w.exit_at + EXIT_GRACE
@@ -1206,7 +1211,7 @@ class _Manager:
                 head = w.inflight[0]
                 if head.kill is not None:
                     w.kill_reason = head.kill
-                elif head.timeout is not None and now >= w.mark + head.timeout:
+                elif head.timeout is not None and w.ready and now >= w.mark + head.timeout:
                     w.kill_reason = "timeout"
                 else:
                     continue

@@ -48,6 +48,7 @@ class Worker:
         "pid",
         "quota",
         "reader",
+        "ready",
         "recycle",
         "result_fd",
         "sentinel",
@@ -71,6 +72,7 @@ class Worker:
         self.quota: int | None = None  # calls it may still be given (max_tasks_per_child)
         self.recycle = False  # it reported memory over max_memory_per_child
         self.acked = False  # it acknowledged the exit frame
+        self.ready = False  # its initializer is done: deadlines count from then
         self.fatal: str | None = None  # why it is about to die, when it told us
         self.kill_reason: str | None = None  # "timeout", "terminate", "exit-grace"
         self.kill_target: Any = None  # the call it was killed for
@@ -272,7 +274,14 @@ def _zygote(sock: socket.socket, config: WorkerConfig) -> None:
                         data = b""
                     data += more
                 if len(data) < _REC.size:
-                    parent_alive = False  # workers see EOF on their pipes too
+                    # The pool's process is gone (or closed us after its last
+                    # worker exited): busy workers would not notice.
+                    parent_alive = False
+                    for p in procs.values():
+                        try:
+                            os.kill(p.pid, signal.SIGKILL)
+                        except ProcessLookupError:
+                            pass
                     continue
                 cmd, pid, sig = _REC.unpack(data)
                 if cmd == b"S":

@@ -72,14 +72,37 @@ def _dumps_exception(exc: BaseException) -> bytes:
             return pickle.dumps((fallback, tb), pickle.HIGHEST_PROTOCOL)
 
 
+def _die_with_parent() -> None:
+    """Die when the pool's process dies, even while busy in a long call (Linux).
+
+    An idle worker sees end of file on its call pipe; a busy one does not
+    read it. So the kernel is asked to kill the worker when the process that
+    forked it dies: the pool's process (spawn), the zygote (fork; it kills
+    its workers and exits when the pool's process is gone) or the forkserver.
+    The forkserver exits when no process holds its "alive" pipe, and every
+    process it forks inherits that pipe: the worker closes its copy so a busy
+    worker does not keep the forkserver, and so itself, alive. macOS has no
+    such signal: there a busy worker finishes its call, then sees end of file.
+    """
+    from multiprocessing import forkserver
+
+    server = forkserver._forkserver
+    if server._forkserver_alive_fd is not None:
+        try:
+            os.close(server._forkserver_alive_fd)
+        except OSError:
+            pass
+        server._forkserver_alive_fd = None
+    ch.lib.px_parent_death_signal(signal.SIGKILL, os.getppid())
+
+
 def main(call: InheritFd, result: InheritFd, config: WorkerConfig) -> None:
     """Entry point of a worker process (the target of its Process)."""
     call_fd, result_fd = call.fd, result.fd
     for fd in (call_fd, result_fd):
         os.set_inheritable(fd, False)
         os.set_blocking(fd, True)
-    # Linux: die with the process that started us, even while busy in a task.
-    ch.lib.px_parent_death_signal(signal.SIGKILL, os.getppid())
+    _die_with_parent()
     out = ch.Writer(result_fd)
     if config.initializer is not None:
         try:
@@ -90,6 +113,8 @@ def main(call: InheritFd, result: InheritFd, config: WorkerConfig) -> None:
             out.push(ch.KIND_FATAL, 0, pickle.dumps(f"its initializer raised {text}"))
             out.flush()
             sys.exit(1)
+    out.push(ch.KIND_READY, 0)
+    out.flush()
     _loop(call_fd, out, config.max_memory)
 
 
@@ -166,15 +191,27 @@ def _run_frames(meta, view, push, flush, loads, dumps, proto, rss, max_memory) -
 
 
 def _run_batch(call, push, flush, dumps, proto, rss, max_memory) -> None:
-    """Run the items of one map batch in order, one result frame each."""
-    fn, tids, argslist = call
+    """Run the items of one map batch in order, one result frame each.
+
+    The function and each item's arguments are separate pickles: one that
+    cannot be unpickled fails its own items, not the worker.
+    """
+    tids, fn_pickle, arg_pickles = call
+    loads = pickle.loads
     KIND_RESULT, KIND_ERROR = ch.KIND_RESULT, ch.KIND_ERROR
+    try:
+        fn = loads(fn_pickle)
+        fn_error = None
+    except BaseException as exc:
+        fn, fn_error = None, exc
     held_since = 0.0
     last = len(tids) - 1
     for j, tid in enumerate(tids):
         start = monotonic()
         try:
-            r = fn(*argslist[j])
+            if fn_error is not None:
+                raise fn_error
+            r = fn(*loads(arg_pickles[j]))
         except BaseException as exc:
             payload, rkind = _dumps_exception(exc), KIND_ERROR
             del exc
@@ -185,7 +222,7 @@ def _run_batch(call, push, flush, dumps, proto, rss, max_memory) -> None:
                 payload, rkind = _dumps_exception(exc), KIND_ERROR
                 del exc
             del r
-        argslist[j] = None
+        arg_pickles[j] = None
         flags = 0
         if max_memory is not None and rss() > max_memory:
             flags = ch.FLAG_RECYCLE
