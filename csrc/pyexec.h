@@ -60,10 +60,16 @@
 #define PX_KIND_READY 8
 #define PX_KIND_MAX 8
 
-/* Flags. Bits 1.. are kept for pickle protocol 5 out-of-band buffers
- * (payload carries slots of a shared-memory arena). */
+/* Flags. RECYCLE (worker -> parent, on a result): its memory is over the
+ * limit, stop giving it calls. HOLD (parent -> worker, on a BATCH): results
+ * may be held back briefly to leave several in one write; only set where no
+ * single call's fate matters (a crash breaks the pool anyway, no deadline),
+ * since held results die with the worker. Bits 2.. are kept for pickle
+ * protocol 5 out-of-band buffers (payload carries slots of a shared-memory
+ * arena). */
 #define PX_FLAG_RECYCLE 1
-#define PX_FLAGS_KNOWN 1
+#define PX_FLAG_HOLD 2
+#define PX_FLAGS_KNOWN 3
 
 /* The largest payload any decoder accepts; a decoder may be made with a
  * smaller limit. 1 TiB: far above any pipe transfer, far below overflow. */

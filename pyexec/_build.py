@@ -77,7 +77,12 @@ def _in_root() -> bool:
     return Path.cwd().resolve() == ROOT
 
 
-ffibuilder = make_ffi()
+# Only when run as a build script: cffi's setuptools hook runs this file as
+# "__cffi__". Imported as pyexec._build (the stamp check wants source_hash),
+# it must stay cheap: parsing the cdef costs pycparser a noticeable fraction
+# of a second at every import in a source checkout, workers included.
+if __name__ in ("__cffi__", "__main__"):
+    ffibuilder = make_ffi()
 
 if __name__ == "__main__":
     ffibuilder.compile(tmpdir=sys.argv[1] if len(sys.argv) > 1 else os.fspath(ROOT), verbose=True)

@@ -47,7 +47,8 @@ def _check_stamp() -> None:
             f"this package is {__version__}, ABI {CORE_ABI}). " + _REBUILD
         )
     csrc = Path(__file__).resolve().parent.parent / "csrc"
-    if (csrc / "pyexec.h").is_file() and (csrc / "frame.c").is_file():
+    here = Path(__file__).resolve().parent
+    if (csrc / "pyexec.h").is_file() and (here / "_build.py").is_file():
         # A source checkout: the core must match the C sources beside it.
         from . import _build
 
@@ -75,6 +76,7 @@ KIND_FATAL = lib.PX_KIND_FATAL
 KIND_BATCH = lib.PX_KIND_BATCH
 KIND_READY = lib.PX_KIND_READY
 FLAG_RECYCLE = lib.PX_FLAG_RECYCLE
+FLAG_HOLD = lib.PX_FLAG_HOLD
 READABLE = lib.PX_READABLE
 WRITABLE = lib.PX_WRITABLE
 IOV_MAX = lib.PX_IOV_MAX

@@ -921,7 +921,10 @@ class _Manager:
             return 0
         batch = good
         payload = dumps(([t.tid for t in batch], fn_pickle, pickles), proto)
-        w.writer.push(ch.KIND_BATCH, batch[0].tid, payload)
+        # Held-back results die with a worker: allow it only where losing one
+        # changes nothing (a crash breaks the pool; no deadline to enforce).
+        hold = ch.FLAG_HOLD if self.on_crash == "break" and job.timeout is None else 0
+        w.writer.push(ch.KIND_BATCH, batch[0].tid, payload, hold)
         w.inflight.extend(batch)
         return len(batch)
 

@@ -137,49 +137,38 @@ def _loop(call_fd: int, out: ch.Writer, max_memory: int | None) -> None:
 
 
 def _run_frames(meta, view, push, flush, loads, dumps, proto, rss, max_memory) -> bool:
-    """Run every call of one batch of frames; True when an exit frame came."""
-    KIND_CALL, KIND_RESULT, KIND_ERROR = ch.KIND_CALL, ch.KIND_RESULT, ch.KIND_ERROR
-    KIND_BATCH = ch.KIND_BATCH
-    held_since = 0.0
-    last = len(meta) - 4
+    """Run every call of one batch of frames; True when an exit frame came.
+
+    Each call's result is written at once: a result held back would die with
+    the worker if the next call crashed, and the parent would then blame the
+    wrong call. Only map batches flagged HOLD may hold results back.
+    """
+    KIND_CALL, KIND_BATCH = ch.KIND_CALL, ch.KIND_BATCH
     for i in range(0, len(meta), 4):
         kind = meta[i] & 0xFF
         tid = meta[i + 1]
         if kind == KIND_CALL:
             buf = view[meta[i + 2] : meta[i + 2] + meta[i + 3]]
-            start = monotonic()
             try:
-                fn, args, kwargs = loads(buf)
+                call = _load_args(loads, buf, tid)
+                fn, args, kwargs = call
+                del call
                 r = fn(*args, **kwargs)
                 del fn, args, kwargs
             except BaseException as exc:
-                payload, rkind = _dumps_exception(exc), KIND_ERROR
+                payload, rkind = _dumps_exception(exc), ch.KIND_ERROR
                 del exc
             else:
-                try:
-                    payload, rkind = dumps(r, proto), KIND_RESULT
-                except BaseException as exc:
-                    payload, rkind = _dumps_exception(exc), KIND_ERROR
-                    del exc
+                payload, rkind = _dumps_result(r, dumps, proto)
                 del r
-            flags = 0
-            if max_memory is not None and rss() > max_memory:
-                flags = ch.FLAG_RECYCLE
+            flags = ch.FLAG_RECYCLE if max_memory is not None and rss() > max_memory else 0
             push(rkind, tid, payload, flags)
             del payload
-            # Hold a result back only in a burst of tiny calls, and not for
-            # long: it leaves with the next ones in one write.
-            now = monotonic()
-            if i < last and now - start < TINY_CALL:
-                if not held_since:
-                    held_since = now
-                if now - held_since < FLUSH_DELAY:
-                    continue
             flush()
-            held_since = 0.0
         elif kind == KIND_BATCH:
             buf = view[meta[i + 2] : meta[i + 2] + meta[i + 3]]
-            _run_batch(loads(buf), push, flush, dumps, proto, rss, max_memory)
+            hold = meta[i] >> 8 & ch.FLAG_HOLD
+            _run_batch(loads(buf), hold, push, flush, dumps, proto, rss, max_memory)
             del buf
         elif kind == ch.KIND_EXIT:
             push(ch.KIND_EXIT_ACK, tid)
@@ -190,17 +179,36 @@ def _run_frames(meta, view, push, flush, loads, dumps, proto, rss, max_memory) -
     return False
 
 
-def _run_batch(call, push, flush, dumps, proto, rss, max_memory) -> None:
+def _load_args(loads, data, tid: int):
+    """Unpickle a call's function and arguments, saying which call failed."""
+    try:
+        return loads(data)
+    except BaseException as exc:  # SystemExit from a __reduce__ included
+        raise pickle.UnpicklingError(
+            f"the function or arguments of call {tid} could not be unpickled in worker "
+            f"pid {os.getpid()}: {exc!r}"
+        ) from exc
+
+
+def _dumps_result(r, dumps, proto) -> tuple[bytes, int]:
+    """(pickle, RESULT), or the pickling error as (pickle, ERROR)."""
+    try:
+        return dumps(r, proto), ch.KIND_RESULT
+    except BaseException as exc:
+        return _dumps_exception(exc), ch.KIND_ERROR
+
+
+def _run_batch(call, hold, push, flush, dumps, proto, rss, max_memory) -> None:
     """Run the items of one map batch in order, one result frame each.
 
     The function and each item's arguments are separate pickles: one that
-    cannot be unpickled fails its own items, not the worker.
+    cannot be unpickled fails its own items, not the worker. With hold set, a
+    tiny item's result may wait (at most FLUSH_DELAY) to leave with the next.
     """
     tids, fn_pickle, arg_pickles = call
     loads = pickle.loads
-    KIND_RESULT, KIND_ERROR = ch.KIND_RESULT, ch.KIND_ERROR
     try:
-        fn = loads(fn_pickle)
+        fn = _load_args(loads, fn_pickle, tids[0])
         fn_error = None
     except BaseException as exc:
         fn, fn_error = None, exc
@@ -211,28 +219,23 @@ def _run_batch(call, push, flush, dumps, proto, rss, max_memory) -> None:
         try:
             if fn_error is not None:
                 raise fn_error
-            r = fn(*loads(arg_pickles[j]))
+            r = fn(*_load_args(loads, arg_pickles[j], tid))
         except BaseException as exc:
-            payload, rkind = _dumps_exception(exc), KIND_ERROR
+            payload, rkind = _dumps_exception(exc), ch.KIND_ERROR
             del exc
         else:
-            try:
-                payload, rkind = dumps(r, proto), KIND_RESULT
-            except BaseException as exc:
-                payload, rkind = _dumps_exception(exc), KIND_ERROR
-                del exc
+            payload, rkind = _dumps_result(r, dumps, proto)
             del r
         arg_pickles[j] = None
-        flags = 0
-        if max_memory is not None and rss() > max_memory:
-            flags = ch.FLAG_RECYCLE
+        flags = ch.FLAG_RECYCLE if max_memory is not None and rss() > max_memory else 0
         push(rkind, tid, payload, flags)
         del payload
-        now = monotonic()
-        if j < last and now - start < TINY_CALL:
-            if not held_since:
-                held_since = now
-            if now - held_since < FLUSH_DELAY:
-                continue
+        if hold and j < last:
+            now = monotonic()
+            if now - start < TINY_CALL:
+                if not held_since:
+                    held_since = now
+                if now - held_since < FLUSH_DELAY:
+                    continue
         flush()
         held_since = 0.0
