@@ -1,0 +1,220 @@
+"""Lifecycle as the stdlib has it (issue 2): shutdown, context manager, a dropped
+executor, interpreter exit after shutdown(wait=False), worker recycling with
+max_tasks_per_child, and workers that die with a parent killed by SIGKILL."""
+
+from __future__ import annotations
+
+import collections
+import gc
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from api_funcs import (
+    add,
+    ident,
+    raised,
+    side_by_side,
+    sleep_getpid,
+    sleep_then,
+    square_pid,
+    wait_gone,
+)
+
+import pyexec
+
+SCRIPTS = Path(__file__).parent / "scripts"
+
+
+# ---- 6. shutdown ---------------------------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+def test_submit_after_shutdown_and_context_manager(ctx, method):
+    """The context manager returns the executor and shuts it down; submit and map
+    afterwards raise the stdlib's RuntimeError; a second shutdown is harmless."""
+
+    def scenario(cls):
+        with cls(2, mp_context=ctx) as ex:
+            entered = isinstance(ex, cls)
+            value = ex.submit(add, 1, 2).result(30)
+        after = raised(lambda: ex.submit(ident, 1))
+        in_map = raised(lambda: list(ex.map(ident, [1])))
+        again = raised(lambda: (ex.shutdown(), ex.shutdown(wait=False)))
+        unused = cls(1, mp_context=ctx)
+        unused.shutdown()
+        unused_after = raised(lambda: unused.submit(ident, 1))
+        return entered, value, after, in_map, again, unused_after
+
+    got = side_by_side(scenario, stdlib=method == "fork")
+    shut = ("err", RuntimeError, ("cannot schedule new futures after shutdown",))
+    assert (
+        got["pyexec"]
+        == got.get("stdlib", got["pyexec"])
+        == (True, 3, shut, shut, ("ok", (None, None)), shut)
+    )
+
+
+@pytest.mark.timeout(30)
+def test_shutdown_cancel_futures(ctx, method):
+    """shutdown(cancel_futures=True) cancels what has not started; what runs finishes."""
+
+    def scenario(cls):
+        ex = cls(1, mp_context=ctx)
+        fs = [ex.submit(sleep_then, 0.3, i) for i in range(6)]
+        deadline = time.monotonic() + 30
+        while not fs[0].running() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        ex.shutdown(wait=True, cancel_futures=True)
+        return fs[0].result(), fs[-1].cancelled(), all(f.done() for f in fs)
+
+    got = side_by_side(scenario, stdlib=method == "fork")
+    assert got["pyexec"] == got.get("stdlib", got["pyexec"]) == (0, True, True)
+
+
+@pytest.mark.timeout(30)
+def test_nothing_outlives_the_executor(ctx):
+    """Right after shutdown() returns, no worker, zygote, thread or fd of the pool is left."""
+    me = psutil.Process()
+    children = {p.pid for p in me.children(recursive=True)}
+    threads = set(threading.enumerate())
+    fds = set(os.listdir("/proc/self/fd"))
+    ex = pyexec.ProcessPoolExecutor(2, mp_context=ctx)
+    workers = set(ex.map(sleep_getpid, [0.1] * 4))
+    during = {p.pid for p in me.children(recursive=True)} - children
+    assert workers and workers <= during
+    assert [t for t in threading.enumerate() if t not in threads]  # the manager runs
+    ex.shutdown(wait=True)
+    assert [t.name for t in threading.enumerate() if t not in threads and t.is_alive()] == []
+    assert sorted(set(os.listdir("/proc/self/fd")) - fds) == []
+    left = {
+        p.pid
+        for p in me.children(recursive=True)
+        if p.pid not in children and p.status() != psutil.STATUS_ZOMBIE
+    }
+    assert left == set()
+    assert wait_gone(workers, 0.0) == []
+
+
+@pytest.mark.timeout(30)
+def test_dropped_executor_stops_its_workers(ctx):
+    """An executor dropped without shutdown (del + gc) stops its workers and thread."""
+    me = psutil.Process()
+    before = {p.pid for p in me.children(recursive=True)}
+    threads = set(threading.enumerate())
+    ex = pyexec.ProcessPoolExecutor(2, mp_context=ctx)
+    assert ex.submit(ident, 1).result(30) == 1
+    workers = set(ex.map(sleep_getpid, [0.1] * 4))
+    mine = {p.pid for p in me.children(recursive=True)} - before  # workers, zygote
+    assert workers and mine
+    del ex
+    gc.collect()
+    assert wait_gone(workers | mine, 5.0) == []
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        extra = [t for t in threading.enumerate() if t not in threads and t.is_alive()]
+        if not extra:
+            break
+        time.sleep(0.02)
+    assert extra == []
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "method, impl",
+    # The stdlib reference runs under one start method, to keep the suite fast.
+    [("fork", "pyexec"), ("forkserver", "pyexec"), ("spawn", "pyexec"), ("fork", "stdlib")],
+)
+def test_shutdown_wait_false_then_interpreter_exit(method, impl, tmp_path):
+    """shutdown(wait=False) returns at once; the calls still run to the end and the
+    interpreter exits 0 once they are done, as with the stdlib."""
+    seconds = 0.4
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPTS / "nowait.py"), impl, method, str(tmp_path), str(seconds)],
+        capture_output=True,
+        text=True,
+        timeout=50,
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    # 4 calls of 0.4 s on 2 workers: waiting would take at least 0.8 s.
+    assert report["shutdown_seconds"] < 0.4, report
+    assert report["done_at_return"] < 4, report
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["0", "1", "2", "3"]
+
+
+# ---- 8. max_tasks_per_child -----------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_max_tasks_per_child_replaces_workers(ctx):
+    """max_tasks_per_child=2 under every start method: right results, each worker runs at
+    most 2 calls, so 10 calls on 1 worker see at least 5 pids."""
+    with pyexec.ProcessPoolExecutor(1, mp_context=ctx, max_tasks_per_child=2) as ex:
+        out = list(ex.map(square_pid, range(10)))
+        more = [ex.submit(square_pid, i).result(30) for i in range(10, 14)]
+    assert [sq for sq, _ in out + more] == [i * i for i in range(14)]
+    per_pid = collections.Counter(pid for _, pid in out + more)
+    assert max(per_pid.values()) <= 2, per_pid
+    assert len(per_pid) >= 7, per_pid
+
+
+# ---- 10. the parent killed by SIGKILL ----------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode", ["idle", "busy"])
+def test_workers_die_with_a_killed_parent(method, mode, tmp_path):
+    """SIGKILL the parent: its workers (and the fork zygote) are gone within ~3 s,
+    idle or busy in a long time.sleep."""
+    proc = subprocess.Popen(
+        [sys.executable, str(SCRIPTS / "parent_killed.py"), method, mode, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    pids: list[int] = []
+    try:
+        line = proc.stdout.readline()
+        assert line, proc.stderr.read()
+        info = json.loads(line)
+        workers, parents = info["workers"], info["worker_parents"]
+        pids = sorted(set(workers) | set(info["descendants"]))
+        assert len(workers) == 2
+        if method == "fork":  # workers are forked by the zygote, a child of the parent
+            assert parents != [proc.pid] and len(parents) == 1, info
+            assert parents[0] in info["descendants"]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        left = wait_gone(pids, 3.0)
+        assert left == [], {
+            "left": {p: _describe(p) for p in left},
+            "workers": workers,
+            "worker_parents": parents,
+        }
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in wait_gone(pids, 0.0):  # do not leak what this test started
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        proc.stdout.close()
+        proc.stderr.close()
+
+
+def _describe(pid: int) -> str:
+    try:
+        p = psutil.Process(pid)
+        return " ".join(p.cmdline())[:120] + f" (status {p.status()})"
+    except psutil.Error:
+        return "gone"
