@@ -298,6 +298,8 @@ class ProcessPoolExecutor(Executor):
         self._on_crash = on_crash
         self._task_timeout = task_timeout
         self._pid = os.getpid()
+        # Changes in every forked child (see _channel): cheaper than getpid().
+        self._fork_generation = ch.fork_generation
         # Guards _shutdown, _broken, starting the manager and the wake pipe.
         # Appending to _pending needs no lock (a deque append is atomic), but
         # is done under it so that no call slips in after shutdown. Reentrant:
@@ -551,7 +553,7 @@ class ProcessPoolExecutor(Executor):
     # ---- internals ----------------------------------------------------------
 
     def _check_owner(self) -> None:
-        if self._pid != os.getpid():
+        if self._fork_generation != ch.fork_generation:
             raise RuntimeError(
                 f"this ProcessPoolExecutor belongs to process {self._pid}; "
                 "a forked child cannot use its parent's pool: create a new one in the child"
