@@ -633,7 +633,13 @@ class _Manager:
         False when no worker is idle: the call then goes through pending.
         """
         for w in self.workers:
-            if w.state == "up" and not w.inflight and w.quota != 0 and not w.writer.pending:
+            if (
+                w.state == "up"
+                and not w.inflight
+                and w.quota != 0
+                and not w.recycle
+                and not w.writer.pending
+            ):
                 if not task.start():
                     return True
                 w.writer.push(ch.KIND_CALL, task.tid, task.payload)
@@ -839,7 +845,8 @@ class _Manager:
             if w.state != "up":
                 continue
             inflight = w.inflight
-            room = self.window - len(inflight)
+            # Over its memory limit: no new call; it drains its window and exits.
+            room = 0 if w.recycle else self.window - len(inflight)
             if pending and room > 0:
                 ups = sum(1 for x in self.workers if x.state == "up")
                 # Spread a short burst evenly over the workers.
