@@ -49,7 +49,9 @@
  * function, many argument tuples, one result frame each), EXIT. Worker ->
  * parent: RESULT, ERROR, EXIT_ACK, READY (id 0: the initializer is done, calls
  * run from now on, so deadlines count from now) and FATAL (id 0), which says
- * why a worker is about to exit, e.g. its initializer raised. */
+ * why a worker is about to exit, e.g. its initializer raised. STARTED (id of
+ * a call): the call, sent with PX_FLAG_STARTED, starts now; its deadline
+ * counts from here, never from before the worker read it. */
 #define PX_KIND_CALL 1
 #define PX_KIND_EXIT 2
 #define PX_KIND_RESULT 3
@@ -58,18 +60,22 @@
 #define PX_KIND_FATAL 6
 #define PX_KIND_BATCH 7
 #define PX_KIND_READY 8
-#define PX_KIND_MAX 8
+#define PX_KIND_STARTED 9
+#define PX_KIND_MAX 9
 
 /* Flags. RECYCLE (worker -> parent, on a result): its memory is over the
  * limit, stop giving it calls. HOLD (parent -> worker, on a BATCH): results
  * may be held back briefly to leave several in one write; only set where no
  * single call's fate matters (a crash breaks the pool anyway, no deadline),
- * since held results die with the worker. Bits 2.. are kept for pickle
+ * since held results die with the worker. STARTED (parent -> worker, on a
+ * CALL or BATCH): answer STARTED before running each of its calls (calls with
+ * a deadline). Bits 3.. are kept for pickle
  * protocol 5 out-of-band buffers (payload carries slots of a shared-memory
  * arena). */
 #define PX_FLAG_RECYCLE 1
 #define PX_FLAG_HOLD 2
-#define PX_FLAGS_KNOWN 3
+#define PX_FLAG_STARTED 4
+#define PX_FLAGS_KNOWN 7
 
 /* The largest payload any decoder accepts; a decoder may be made with a
  * smaller limit. 1 TiB: far above any pipe transfer, far below overflow. */

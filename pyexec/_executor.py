@@ -109,7 +109,18 @@ class _Task:
     into one BATCH frame at dispatch.
     """
 
-    __slots__ = ("args", "future", "index", "job", "kill", "payload", "started", "tid", "timeout")
+    __slots__ = (
+        "args",
+        "future",
+        "index",
+        "job",
+        "kill",
+        "payload",
+        "started",
+        "t0",
+        "tid",
+        "timeout",
+    )
 
     def __init__(
         self,
@@ -130,6 +141,7 @@ class _Task:
         self.args = args
         self.started = False  # RUNNING already (a requeued call)
         self.kill: str | None = None  # "terminate" once terminate_task asked
+        self.t0 = 0.0  # when its worker said it started (calls with a deadline)
 
     def start(self) -> bool:
         """Mark it running, as the stdlib does at dispatch; False if it was cancelled."""
@@ -867,7 +879,8 @@ class _Manager:
                     elif not task.start():
                         continue  # cancelled while pending
                     elif task.job is None:
-                        push(ch.KIND_CALL, task.tid, task.payload)
+                        report = ch.FLAG_STARTED if task.timeout is not None else 0
+                        push(ch.KIND_CALL, task.tid, task.payload, report)
                         inflight.append(task)
                         sent += 1
                     else:  # a map item sent again after a restart
@@ -932,8 +945,11 @@ class _Manager:
         payload = dumps(([t.tid for t in batch], fn_pickle, pickles), proto)
         # Held-back results die with a worker: allow it only where losing one
         # changes nothing (a crash breaks the pool; no deadline to enforce).
-        hold = ch.FLAG_HOLD if self.on_crash == "break" and job.timeout is None else 0
-        w.writer.push(ch.KIND_BATCH, batch[0].tid, payload, hold)
+        if job.timeout is not None:
+            flags = ch.FLAG_STARTED
+        else:
+            flags = ch.FLAG_HOLD if self.on_crash == "break" else 0
+        w.writer.push(ch.KIND_BATCH, batch[0].tid, payload, flags)
         w.inflight.extend(batch)
         return len(batch)
 
@@ -994,7 +1010,7 @@ class _Manager:
         inflight = w.inflight
         loads = pickle.loads
         take = w.reader.take
-        KIND_RESULT, KIND_ERROR = ch.KIND_RESULT, ch.KIND_ERROR
+        KIND_RESULT, KIND_ERROR, KIND_STARTED = ch.KIND_RESULT, ch.KIND_ERROR, ch.KIND_STARTED
         k = 0
         while True:
             meta, view = take()
@@ -1032,6 +1048,9 @@ class _Manager:
                     task.payload = None
                     if meta[i] >> 8 & ch.FLAG_RECYCLE:
                         w.recycle = True
+                elif kind == KIND_STARTED:
+                    if inflight and inflight[0].tid == tid:
+                        inflight[0].t0 = time.monotonic()
                 elif kind == ch.KIND_READY:
                     w.ready = True
                     w.mark = time.monotonic()  # the head call starts now
@@ -1133,6 +1152,8 @@ class _Manager:
 
     def _requeue(self, tasks: deque) -> None:
         """Calls a dead worker held but had not started go first in line again."""
+        for task in tasks:
+            task.t0 = 0.0
         self.pending.extendleft(reversed(tasks))
         tasks.clear()
 
@@ -1206,8 +1227,8 @@ class _Manager:
                 head = w.inflight[0]
                 if head.kill is not None:
                     due = now
-                elif head.timeout is not None and w.ready:
-                    due = w.mark + head.timeout
+                elif head.t0:
+                    due = head.t0 + head.timeout
             elif w.state == "exiting":
                 due = w.exit_at + EXIT_GRACE
             if due is not None and (best is None or due < best):
@@ -1223,7 +1244,7 @@ class _Manager:
                 head = w.inflight[0]
                 if head.kill is not None:
                     w.kill_reason = head.kill
-                elif head.timeout is not None and w.ready and now >= w.mark + head.timeout:
+                elif head.t0 and now >= head.t0 + head.timeout:
                     w.kill_reason = "timeout"
                 else:
                     continue

@@ -149,6 +149,9 @@ def _run_frames(meta, view, push, flush, loads, dumps, proto, rss, max_memory) -
         tid = meta[i + 1]
         if kind == KIND_CALL:
             buf = view[meta[i + 2] : meta[i + 2] + meta[i + 3]]
+            if meta[i] >> 8 & ch.FLAG_STARTED:
+                push(ch.KIND_STARTED, tid)
+                flush()
             try:
                 call = _load_args(loads, buf, tid)
                 fn, args, kwargs = call
@@ -167,8 +170,8 @@ def _run_frames(meta, view, push, flush, loads, dumps, proto, rss, max_memory) -
             flush()
         elif kind == KIND_BATCH:
             buf = view[meta[i + 2] : meta[i + 2] + meta[i + 3]]
-            hold = meta[i] >> 8 & ch.FLAG_HOLD
-            _run_batch(loads(buf), hold, push, flush, dumps, proto, rss, max_memory)
+            flags = meta[i] >> 8
+            _run_batch(loads(buf), flags, push, flush, dumps, proto, rss, max_memory)
             del buf
         elif kind == ch.KIND_EXIT:
             push(ch.KIND_EXIT_ACK, tid)
@@ -198,7 +201,7 @@ def _dumps_result(r, dumps, proto) -> tuple[bytes, int]:
         return _dumps_exception(exc), ch.KIND_ERROR
 
 
-def _run_batch(call, hold, push, flush, dumps, proto, rss, max_memory) -> None:
+def _run_batch(call, flags, push, flush, dumps, proto, rss, max_memory) -> None:
     """Run the items of one map batch in order, one result frame each.
 
     The function and each item's arguments are separate pickles: one that
@@ -207,6 +210,8 @@ def _run_batch(call, hold, push, flush, dumps, proto, rss, max_memory) -> None:
     """
     tids, fn_pickle, arg_pickles = call
     loads = pickle.loads
+    hold = flags & ch.FLAG_HOLD
+    report = flags & ch.FLAG_STARTED
     try:
         fn = _load_args(loads, fn_pickle, tids[0])
         fn_error = None
@@ -215,6 +220,9 @@ def _run_batch(call, hold, push, flush, dumps, proto, rss, max_memory) -> None:
     held_since = 0.0
     last = len(tids) - 1
     for j, tid in enumerate(tids):
+        if report:
+            push(ch.KIND_STARTED, tid)
+            flush()
         start = monotonic()
         try:
             if fn_error is not None:
@@ -227,8 +235,8 @@ def _run_batch(call, hold, push, flush, dumps, proto, rss, max_memory) -> None:
             payload, rkind = _dumps_result(r, dumps, proto)
             del r
         arg_pickles[j] = None
-        flags = ch.FLAG_RECYCLE if max_memory is not None and rss() > max_memory else 0
-        push(rkind, tid, payload, flags)
+        rflags = ch.FLAG_RECYCLE if max_memory is not None and rss() > max_memory else 0
+        push(rkind, tid, payload, rflags)
         del payload
         if hold and j < last:
             now = monotonic()
