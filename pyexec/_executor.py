@@ -53,6 +53,7 @@ from ._worker import WorkerConfig
 # for calls shorter than that round trip.
 WINDOW_SECONDS = 0.002
 WINDOW_MAX = 256
+WINDOW_PAIR = 0.05
 # submit() writes a call straight to an idle worker when the manager sleeps,
 # if its pickle is smaller than this (an idle worker's empty pipe takes it
 # whole); larger calls, and calls with a deadline, go through the manager.
@@ -196,10 +197,11 @@ class _MapJob:
     added and taken under the executor's lock.
     """
 
-    __slots__ = ("cancelled", "fn", "items", "next_index", "queue", "queued", "timeout")
+    __slots__ = ("cancelled", "fn", "items", "next_index", "queue", "queued", "star", "timeout")
 
-    def __init__(self, fn: Callable, timeout: float | None) -> None:
+    def __init__(self, fn: Callable, star: bool, timeout: float | None) -> None:
         self.fn = fn
+        self.star = star  # items are argument tuples: fn(*item); else fn(item)
         self.timeout = timeout
         self.queue: SimpleQueue = SimpleQueue()
         self.items: deque[tuple] = deque()
@@ -236,9 +238,9 @@ def _drain_pending(pending: deque, lock: Any, ids: Iterator[int]) -> list[_Task]
             out.append(entry)
 
 
-def _process_chunk(fn: Callable, chunk: tuple) -> list:
-    """Run fn over one chunk of map's argument tuples (in the worker)."""
-    return [fn(*args) for args in chunk]
+def _process_chunk(fn: Callable, star: bool, chunk: tuple) -> list:
+    """Run fn over one chunk of map's items (in the worker)."""
+    return list(itertools.starmap(fn, chunk) if star else map(fn, chunk))
 
 
 def _batched(iterable: Iterable, n: int) -> Iterator[tuple]:
@@ -411,21 +413,30 @@ class ProcessPoolExecutor(Executor):
             raise TypeError("buffersize must be an integer or None")
         if buffersize is not None and buffersize < 1:
             raise ValueError("buffersize must be None or > 0")
+        # One iterable: its items travel as they are and the worker calls
+        # fn(item), as multiprocessing.Pool does; no one-tuple per item to
+        # build, pickle and unpickle. Several: argument tuples, fn(*args).
+        if len(iterables) == 1:
+            items, star = iter(iterables[0]), False
+        else:
+            items, star = zip(*iterables, strict=False), True
         if chunksize == 1:
-            return self._map(fn, zip(*iterables, strict=False), timeout, buffersize)
-        chunks = zip(_batched(zip(*iterables, strict=False), chunksize), strict=False)
-        results = self._map(partial(_process_chunk, fn), chunks, timeout, buffersize)
+            return self._map(fn, star, items, timeout, buffersize)
+        chunker = partial(_process_chunk, fn, star)
+        results = self._map(chunker, False, _batched(items, chunksize), timeout, buffersize)
         return itertools.chain.from_iterable(results)
 
     def _map(
         self,
         fn: Callable,
-        argtuples: Iterator[tuple],
+        star: bool,
+        argtuples: Iterator[Any],
         timeout: float | None,
         buffersize: int | None,
     ) -> Iterator[Any]:
+        """map's engine: items are argument tuples (star) or single arguments."""
         end_time = None if timeout is None else timeout + time.monotonic()
-        job = _MapJob(fn, self._task_timeout)
+        job = _MapJob(fn, star, self._task_timeout)
         items = itertools.islice(argtuples, buffersize) if buffersize else argtuples
         total = self._submit_items(job, 0, items)
         executor_weakref = weakref.ref(self)
@@ -575,7 +586,7 @@ class ProcessPoolExecutor(Executor):
         """Start the manager (under self._lock). Under fork, fork the zygote first,
         while no pyexec thread of this pool runs."""
         if self._start_method == "fork":
-            launcher: Any = ZygoteLauncher(self._config)
+            launcher: Any = ZygoteLauncher(self._config, self._max_workers)
         else:
             launcher = ProcessLauncher(self._mp_context, self._config)
         mgr = _Manager(self, launcher)
@@ -613,12 +624,12 @@ class _Manager:
         self.terminate_requests: deque[_Task] = deque()
         self.workers: list[Worker] = []
         self.by_fd: dict[int, Worker] = {}
-        self.starting = 0
         self.broken: str | None = None
         self.window = 1
         self.service_time = 0.0  # EWMA of seconds per call; 0: not known yet
         self.submitted = self.completed = self.failed = self.replaced = 0
-        self.started_workers = 0
+        # Workers the zygote forks unasked at its start (fork), already on their way.
+        self.starting = self.started_workers = getattr(launcher, "initial", 0)
         self._writers: set[int] = set()  # call fds watched while their pipe is full
         # Held by the manager whenever it is not waiting. submit() takes it,
         # without blocking, only while the manager sleeps, to hand a call to an
@@ -942,7 +953,7 @@ class _Manager:
         if not good:
             return 0
         batch = good
-        payload = dumps(([t.tid for t in batch], fn_pickle, pickles), proto)
+        payload = dumps(([t.tid for t in batch], fn_pickle, pickles, job.star), proto)
         # Held-back results die with a worker: allow it only where losing one
         # changes nothing (a crash breaks the pool; no deadline to enforce).
         if job.timeout is not None:
@@ -1070,7 +1081,12 @@ class _Manager:
             st = sample if st == 0.0 else st + 0.2 * (sample - st)
             self.service_time = st
             per = int(WINDOW_SECONDS / st) if st > 0 else WINDOW_MAX
-            self.window = max(1, min(WINDOW_MAX, per))
+            # Calls shorter than WINDOW_PAIR keep one more queued behind the one
+            # running, so a worker does not idle while its next call is pickled
+            # and sent; for longer calls the round trip is noise and one call
+            # per worker spreads them best.
+            least = 2 if st < WINDOW_PAIR else 1
+            self.window = max(least, min(WINDOW_MAX, per))
         return out
 
     def _protocol_error(self, w: Worker, why: str) -> None:

@@ -17,7 +17,14 @@ multi-threaded process.
 from __future__ import annotations
 
 import multiprocessing
+
+# Imported here, in the parent, so workers forked from the zygote inherit them
+# instead of each importing them after the fork (about 7 ms per worker): the
+# fork Process machinery, and forkserver (whose alive fd a worker closes).
+import multiprocessing.forkserver
+import multiprocessing.popen_fork
 import os
+import select
 import signal
 import socket
 import struct
@@ -143,7 +150,9 @@ class ProcessLauncher:
 class ZygoteLauncher:
     """Forks workers from a single-threaded copy of the parent (fork)."""
 
-    def __init__(self, config: WorkerConfig) -> None:
+    def __init__(self, config: WorkerConfig, initial: int) -> None:
+        """Fork the zygote, which forks `initial` workers at once, unasked
+        (the standard library forks all its workers at the first submit too)."""
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         ch.own_fd(parent.fileno())
         pid = os.fork()
@@ -151,7 +160,7 @@ class ZygoteLauncher:
             code = 1
             try:
                 parent.detach()  # closed by the after-fork hook already
-                _zygote(child, config)
+                _zygote(child, config, initial)
                 code = 0
             finally:
                 os._exit(code)
@@ -161,6 +170,8 @@ class ZygoteLauncher:
         self.fd = parent.fileno()
         self._codes: dict[int, int] = {}
         self._ready: list[Worker] = []
+        self.initial = initial
+        self.dead = False  # the zygote is gone: signal workers by pid
 
     def request(self) -> None:
         """Ask the zygote for one more worker; it arrives through take_ready().
@@ -206,6 +217,7 @@ class ZygoteLauncher:
         if len(data) < _REC.size:
             for fd in fds:
                 os.close(fd)
+            self.dead = True
             return False  # the zygote is gone
         cmd, pid, code = _REC.unpack(data)
         if cmd == b"W":
@@ -233,11 +245,22 @@ class ZygoteLauncher:
         return self._codes.pop(w.pid)
 
     def kill(self, w: Worker, sig: int = signal.SIGKILL) -> None:
-        """Have the zygote signal the worker: it alone knows whether the pid was reaped."""
-        try:
-            self._sock.sendall(_REC.pack(b"K", w.pid, sig))
-        except OSError:
-            pass
+        """Have the zygote signal the worker: it alone knows whether the pid was reaped.
+
+        Once the zygote is gone, signal the pid directly, but only while the
+        worker's sentinel shows it alive (a dead worker's pid may be reused).
+        """
+        if not self.dead:
+            try:
+                self._sock.sendall(_REC.pack(b"K", w.pid, sig))
+                return
+            except OSError:
+                self.dead = True
+        if not select.select([w.sentinel], [], [], 0)[0]:
+            try:
+                os.kill(w.pid, sig)
+            except ProcessLookupError:
+                pass
 
     def release(self, w: Worker) -> None:
         """Close a dead worker's sentinel."""
@@ -252,7 +275,7 @@ class ZygoteLauncher:
             pass
 
 
-def _zygote(sock: socket.socket, config: WorkerConfig) -> None:
+def _zygote(sock: socket.socket, config: WorkerConfig, initial: int) -> None:
     """The zygote's loop: start workers on request, report their exits."""
     from multiprocessing import process
     from multiprocessing.connection import wait
@@ -262,6 +285,9 @@ def _zygote(sock: socket.socket, config: WorkerConfig) -> None:
     ch.own_fd(sock.fileno())  # workers forked from here close it
     ctx = multiprocessing.get_context("fork")
     procs: dict[int, Any] = {}  # sentinel -> Process
+    for _ in range(initial):
+        proc = _fork_worker(ctx, sock, config)
+        procs[proc.sentinel] = proc
     parent_alive = True
     while parent_alive or procs:
         ready = wait(([sock] if parent_alive else []) + list(procs))

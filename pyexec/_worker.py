@@ -208,7 +208,7 @@ def _run_batch(call, flags, push, flush, dumps, proto, rss, max_memory) -> None:
     cannot be unpickled fails its own items, not the worker. With hold set, a
     tiny item's result may wait (at most FLUSH_DELAY) to leave with the next.
     """
-    tids, fn_pickle, arg_pickles = call
+    tids, fn_pickle, arg_pickles, star = call
     loads = pickle.loads
     hold = flags & ch.FLAG_HOLD
     report = flags & ch.FLAG_STARTED
@@ -227,7 +227,9 @@ def _run_batch(call, flags, push, flush, dumps, proto, rss, max_memory) -> None:
         try:
             if fn_error is not None:
                 raise fn_error
-            r = fn(*_load_args(loads, arg_pickles[j], tid))
+            args = _load_args(loads, arg_pickles[j], tid)
+            r = fn(*args) if star else fn(args)
+            del args
         except BaseException as exc:
             payload, rkind = _dumps_exception(exc), ch.KIND_ERROR
             del exc
