@@ -151,8 +151,8 @@ class ZygoteLauncher:
     """Forks workers from a single-threaded copy of the parent (fork)."""
 
     def __init__(self, config: WorkerConfig, initial: int) -> None:
-        """Fork the zygote, which forks `initial` workers at once, unasked
-        (the standard library forks all its workers at the first submit too)."""
+        """Fork the zygote, which forks `initial` workers at once, unasked:
+        the first call need not wait for a request's round trip."""
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         ch.own_fd(parent.fileno())
         pid = os.fork()
