@@ -197,7 +197,8 @@ GARBAGE = {
     "kind zero": (ch.MAGIC, 0, 0, 0, "kind"),
     "unknown kind": (ch.MAGIC, lib.PX_KIND_MAX + 1, 0, 0, "kind"),
     "kind 255": (ch.MAGIC, 255, 0, 0, "kind"),
-    "unknown flag": (ch.MAGIC, ch.KIND_CALL, 2, 0, "flags"),
+    # The lowest bit no flag uses yet.
+    "unknown flag": (ch.MAGIC, ch.KIND_CALL, lib.PX_FLAGS_KNOWN + 1, 0, "flags"),
     "high flag": (ch.MAGIC, ch.KIND_CALL, 0x8000, 0, "flags"),
 }
 

@@ -486,7 +486,7 @@ static void test_decoder_garbage_headers(void) {
         {0, 0, "magic"},        {0, PX_MAGIC + 1, "magic"}, {0, 0xff, "magic"},
         {4, 1, "reserved"},     {5, 0x80, "reserved"},      {6, 1, "reserved"},
         {7, 0xff, "reserved"},  {1, 0, "kind"},             {1, PX_KIND_MAX + 1, "kind"},
-        {1, 0xff, "kind"},      {2, 2, "flags"},            {2, 0xfe, "flags"},
+        {1, 0xff, "kind"},      {2, PX_FLAGS_KNOWN + 1, "flags"}, {2, 0xfe, "flags"},
         {3, 0x80, "flags"},     {3, 1, "flags"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
