@@ -80,9 +80,8 @@ def _python_exit() -> None:
     for m in mgrs:
         m.request_stop()
     for m in mgrs:
-        t = m.thread
-        if t is not None and t is not threading.current_thread():
-            t.join()
+        if m.thread is not threading.current_thread():
+            m.join()
 
 
 threading._register_atexit(_python_exit)
@@ -514,7 +513,7 @@ class ProcessPoolExecutor(Executor):
             return
         mgr.request_stop()
         if wait and mgr.thread is not threading.current_thread():
-            mgr.thread.join()
+            mgr.join()
 
     def _cancel_pending(self) -> None:
         keep = []
@@ -588,7 +587,13 @@ class ProcessPoolExecutor(Executor):
         if self._start_method == "fork":
             # One worker forked at once for the first call; more as the backlog
             # asks (forking all of them up front made startup 1.5x slower).
-            launcher: Any = ZygoteLauncher(self._config, 1)
+            # Other pools' manager threads are parked around the fork.
+            parked = [m for m in list(_managers) if m.pid == os.getpid() and m.park()]
+            try:
+                launcher: Any = ZygoteLauncher(self._config, 1)
+            finally:
+                for m in parked:
+                    m.unpark()
         else:
             launcher = ProcessLauncher(self._mp_context, self._config)
         mgr = _Manager(self, launcher)
@@ -637,20 +642,59 @@ class _Manager:
         # without blocking, only while the manager sleeps, to hand a call to an
         # idle worker itself: one thread hop less on the round trip.
         self.dispatch_lock = threading.Lock()
+        self.wake_lock = threading.Lock()
+        self.parking = self.parked = False  # see park()
+        self.ended = threading.Event()  # set when the manager has closed everything
         self.thread = threading.Thread(target=self.run, name="pyexec-manager", daemon=True)
         _managers.add(self)
 
     # ---- called from other threads ----------------------------------------
 
     def wake(self) -> None:
-        """Wake the manager (caller holds self.lock or the GIL ordering suffices)."""
+        """Wake the manager, from any thread.
+
+        wake_lock keeps the write off a wake fd that _close is closing (its
+        number could be reused). It is taken last, never held while taking
+        another lock: callers may hold an executor's lock.
+        """
         if self.wake_sent or self.closed or self.pid != os.getpid():
             return
-        self.wake_sent = True
-        try:
-            os.write(self.wake_w, b"\0")
-        except OSError:
-            pass
+        with self.wake_lock:
+            if self.closed:
+                return
+            self.wake_sent = True
+            try:
+                os.write(self.wake_w, b"\0")
+            except OSError:
+                pass
+
+    def park(self) -> bool:
+        """Stop the manager's thread at a safe point, keeping all its state.
+
+        Another pool is about to fork its zygote: with no pyexec thread alive,
+        that fork is safe (and Python 3.12 has nothing to warn about). False
+        when the thread has ended, or is the calling thread (a done-callback
+        starting a new pool: that fork cannot avoid this thread).
+        """
+        t = self.thread
+        if t is threading.current_thread() or not t.is_alive():
+            return False
+        self.parking = True
+        self.wake()
+        t.join()
+        _wait_thread_gone(t.native_id)
+        return self.parked
+
+    def unpark(self) -> None:
+        """Start a new thread for a parked manager."""
+        self.parking = self.parked = False
+        self.thread = threading.Thread(target=self.run, name="pyexec-manager", daemon=True)
+        self.thread.start()
+
+    def join(self) -> None:
+        """Wait until the manager has really ended (not merely parked)."""
+        self.ended.wait()
+        self.thread.join()
 
     def direct(self, task: _Task) -> bool:
         """Write a call straight to an idle worker (submit's thread, dispatch_lock held).
@@ -682,8 +726,7 @@ class _Manager:
         return False
 
     def _wake_locked(self) -> None:
-        with self.lock:
-            self.wake()
+        self.wake()
 
     def request_stop(self) -> None:
         """Shut down once the pending work is done."""
@@ -715,21 +758,29 @@ class _Manager:
     def run(self) -> None:
         """The manager thread: wait, read, settle, handle deaths, dispatch."""
         self.dispatch_lock.acquire()
+        closing = True
         try:
             self._loop()
+            closing = not self.parked
         except BaseException as exc:  # a bug in pyexec: break the pool loudly
             _base.LOGGER.critical("pyexec manager thread failed", exc_info=True)
             self._break(f"pyexec's manager thread failed: {exc!r}", cause=exc)
             for w in list(self.workers):
                 self.launcher.kill(w)
         finally:
-            self._close()
+            if closing:
+                self._close()
             self.dispatch_lock.release()
+            if closing:
+                self.ended.set()
 
     def _loop(self) -> None:
         waiter = self.waiter
         by_fd = self.by_fd
         while True:
+            if self.parking:
+                self.parked = True  # a safe point: run() keeps everything open
+                return
             self._control()
             if self.broken is None:
                 self._adjust_workers()
@@ -1282,12 +1333,25 @@ class _Manager:
                 w.exitcode = self.launcher.exitcode(w, EXIT_STATUS_WAIT)
                 self._fail_all(w.inflight, self.broken or "")
                 self._forget(w)
-        with self.lock:
+        with self.wake_lock:
             self.closed = True
             ch.close_fd(self.wake_r)
             ch.close_fd(self.wake_w)
         self.waiter = None
         self.launcher.close()
+
+
+def _wait_thread_gone(native_id: int | None, limit: float = 0.1) -> None:
+    """Wait (briefly) until the OS has reaped a joined thread.
+
+    Before 3.13, join() returns when the thread's Python state is done, a
+    moment before the OS thread exits; CPython counts OS threads when it
+    decides whether fork() must warn. Linux shows them in /proc/self/task.
+    """
+    path = f"/proc/self/task/{native_id}"
+    deadline = time.monotonic() + limit
+    while native_id is not None and os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.0001)
 
 
 def _mark_broken(executor_ref: weakref.ref, msg: str) -> None:

@@ -107,11 +107,16 @@ def check_pool(method: str) -> None:
 
 
 def fork_recycle_child() -> None:
-    """In a child interpreter: a fork pool that replaces its workers many times."""
+    """In a child interpreter: a fork pool that replaces its workers many times,
+    and a second fork pool started while the first one's manager thread runs."""
     ctx = multiprocessing.get_context("fork")
     with pyexec.ProcessPoolExecutor(2, mp_context=ctx, max_tasks_per_child=2) as ex:
         got = list(ex.map(square, range(20)))
+        with pyexec.ProcessPoolExecutor(2, mp_context=ctx, max_tasks_per_child=2) as ex2:
+            got2 = list(ex2.map(square, range(20)))
+            check(ex.submit(square, 3).result(timeout=60) == 9, "first pool after the second")
     check(got == [x * x for x in range(20)], "fork recycle pool results")
+    check(got2 == got, "second fork pool results")
 
 
 def thread_fork_child() -> None:
