@@ -1,7 +1,8 @@
 """The first thing to work: one call round trip under every start method."""
 
-import pyexec
 from helpers import ident
+
+import pyexec
 
 
 def test_round_trip(ctx):
