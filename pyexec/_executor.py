@@ -363,12 +363,7 @@ class ProcessPoolExecutor(Executor):
         except BaseException as exc:  # that call alone fails, as in the stdlib
             payload, failure = b"", exc
         with self._lock:
-            if self._broken:
-                raise BrokenProcessPool(self._broken)
-            if self._shutdown:
-                raise RuntimeError("cannot schedule new futures after shutdown")
-            if _global_shutdown:
-                raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+            self._check_accepting()
             if failure is not None:
                 future.set_exception(failure)
                 return future
@@ -479,12 +474,7 @@ class ProcessPoolExecutor(Executor):
         if not items:
             return 0
         with self._lock:
-            if self._broken:
-                raise BrokenProcessPool(self._broken)
-            if self._shutdown:
-                raise RuntimeError("cannot schedule new futures after shutdown")
-            if _global_shutdown:
-                raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+            self._check_accepting()
             mgr = self._mgr or self._start()
             job.items.extend(items)
             if not job.queued:
@@ -573,6 +563,15 @@ class ProcessPoolExecutor(Executor):
         return mgr.stats(pending)
 
     # ---- internals ----------------------------------------------------------
+
+    def _check_accepting(self) -> None:
+        """Raise, as the stdlib does, when no new call may be queued (self._lock held)."""
+        if self._broken:
+            raise BrokenProcessPool(self._broken)
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        if _global_shutdown:
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
 
     def _check_owner(self) -> None:
         if self._fork_generation != ch.fork_generation:
