@@ -916,7 +916,12 @@ class _Manager:
         pending = self.pending
         stopping = self.stop or _global_shutdown
         now = time.monotonic()
-        for w in self.workers:
+        # Least loaded first: an idle worker takes the next call before a busy
+        # one queues it behind a call that may be long.
+        workers = self.workers
+        if pending and len(workers) > 1:
+            workers = sorted(workers, key=lambda w: len(w.inflight))
+        for w in workers:
             if w.state != "up":
                 continue
             inflight = w.inflight
