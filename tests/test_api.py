@@ -12,6 +12,7 @@ import asyncio
 import concurrent.futures as cf
 import itertools
 import os
+import sys
 import threading
 import time
 
@@ -76,6 +77,16 @@ def test_constructor_rejects_like_the_stdlib(kwargs):
     import multiprocessing
 
     kwargs = {"mp_context": multiprocessing.get_context("spawn"), **kwargs}
+    if "max_tasks_per_child" in kwargs and sys.version_info < (3, 11):
+        # The stdlib has no max_tasks_per_child before 3.11; pyexec's API is 3.14's,
+        # whose messages these are.
+        value = kwargs["max_tasks_per_child"]
+        if isinstance(value, int):
+            expected = ("err", ValueError, ("max_tasks_per_child must be >= 1",))
+        else:
+            expected = ("err", TypeError, ("max_tasks_per_child must be an integer",))
+        assert raised(lambda: pyexec.ProcessPoolExecutor(**kwargs)) == expected
+        return
     got = side_by_side(lambda cls: raised(lambda: cls(**kwargs)))
     assert got["stdlib"][0] == "err", got
     assert got["pyexec"] == got["stdlib"]

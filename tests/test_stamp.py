@@ -38,7 +38,7 @@ try:
 except ImportError as exc:
     print("IMPORTERROR", exc)
     sys.exit(3)
-print("IMPORTED", pyexec.__file__)
+print("IMPORTED", os.path.normpath(pyexec.__file__))
 # Calls into the loaded core (no processes: this is about loading it).
 print("CORE", _channel.lib.px_core_abi() == _channel.CORE_ABI, _channel.rss() > 0)
 """
