@@ -43,13 +43,17 @@ def _shared_helpers():
 
 
 def _fds() -> set[int]:
-    return {int(x) for x in os.listdir("/proc/self/fd" if os.path.isdir("/proc/self/fd")
-                                      else "/dev/fd")}
+    return {
+        int(x) for x in os.listdir("/proc/self/fd" if os.path.isdir("/proc/self/fd") else "/dev/fd")
+    }
 
 
 def _children() -> set[int]:
-    return {p.pid for p in psutil.Process().children(recursive=True)
-            if p.status() != psutil.STATUS_ZOMBIE}
+    return {
+        p.pid
+        for p in psutil.Process().children(recursive=True)
+        if p.status() != psutil.STATUS_ZOMBIE
+    }
 
 
 def _settle(check, timeout: float = 10.0):
