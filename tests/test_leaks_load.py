@@ -184,3 +184,30 @@ def test_soak_tiny_tasks_rss_flat():
     # Memory after the first rounds (allocator warm-up) must not keep growing.
     growth = rss[-1] - rss[1]
     assert growth < 16 * MiB, f"RSS grew {growth / MiB:.1f} MiB: {[x // MiB for x in rss]} MiB"
+
+
+@pytest.mark.soak
+@pytest.mark.timeout(900)
+def test_soak_random_size_and_duration_in_order():
+    """PYEXEC_SOAK_N calls (a million in a soak run) of random result size (0 to 2 KiB) and
+    duration (mostly none, 1 in 1000 sleeps 1 ms), through map and submit: every result
+    right, map's in order, and the parent's RSS flat once results are consumed."""
+    rng = random.Random(1_000_003)
+    n = SOAK_N
+    sizes = [rng.choice([0, 1, 16, 200, 2048]) for _ in range(n)]
+    waits = [0.001 if rng.random() < 0.001 else 0 for _ in range(n)]
+    rss = []
+    with pyexec.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork")) as ex:
+        step = max(1, n // 10)
+        for start in range(0, n, step):
+            idx = range(start, min(n, start + step))
+            got = ex.map(ff.sized, [sizes[i] for i in idx], [waits[i] for i in idx], idx)
+            for i, (tag, size, data) in zip(idx, got, strict=True):
+                assert (tag, size) == (i, sizes[i]) and data == bytes([i % 256]) * size, i
+            some = [ex.submit(ff.sized, sizes[i], 0, i) for i in idx[:500]]
+            assert [f.result(timeout=60)[0] for f in some] == list(idx[:500])
+            del some, got
+            gc.collect()
+            rss.append(psutil.Process().memory_info().rss)
+    growth = rss[-1] - rss[min(2, len(rss) - 1)]
+    assert growth < 16 * MiB, f"RSS grew {growth / MiB:.1f} MiB: {[x // MiB for x in rss]} MiB"
