@@ -175,13 +175,12 @@ BATCH = 256
 class Decoder:
     """An incremental frame decoder: bytes in (from an fd or fed), frames out."""
 
-    __slots__ = ("_base", "_d", "_frame", "_meta")
+    __slots__ = ("_base", "_d", "_meta")
 
     def __init__(self, max_payload: int = MAX_PAYLOAD) -> None:
         out = ffi.new("px_decoder **")
         check(lib.px_decoder_new(out, max_payload))
         self._d = ffi.gc(out[0], lib.px_decoder_free)
-        self._frame = ffi.new("px_frame *")
         self._meta = ffi.new("uint64_t[]", 4 * BATCH)
         self._base = ffi.new("char **")
 
@@ -204,21 +203,6 @@ class Decoder:
                 continue
             self._raise_for(n)
 
-    def frames(self) -> list[tuple[int, int, int, bytes]]:
-        """Every complete frame now buffered, as (kind, flags, id, payload)."""
-        out = []
-        d, f = self._d, self._frame
-        nxt = lib.px_decoder_next
-        unpack = ffi.unpack
-        while True:
-            rc = nxt(d, f)
-            if rc == 1:
-                out.append((f.kind, f.flags, f.id, unpack(f.payload, f.length)))
-            elif rc == 0:
-                return out
-            else:
-                self._raise_for(rc)
-
     def take(self) -> tuple[list[int], memoryview | None]:
         """Up to BATCH complete frames: a flat list (kind | flags << 8, id,
         offset, length per frame) and a view of the buffer the offsets point
@@ -234,19 +218,31 @@ class Decoder:
         end = meta[-2] + meta[-1]
         return meta, memoryview(ffi.buffer(self._base[0], end))
 
-    def next_view(self):
-        """The next complete frame as (kind, flags, id, buffer) or None.
+    def frames(self) -> list[tuple[int, int, int, bytes]]:
+        """Every complete frame now buffered, as (kind, flags, id, payload copy).
 
-        The buffer points into the decoder: use it before the next read or feed.
+        Frames before a malformed one come out first; the error on the next call.
         """
-        rc = lib.px_decoder_next(self._d, self._frame)
-        if rc == 1:
-            f = self._frame
-            return f.kind, f.flags, f.id, ffi.buffer(f.payload, f.length)
-        if rc == 0:
-            return None
-        self._raise_for(rc)
-        return None  # pragma: no cover
+        out: list[tuple[int, int, int, bytes]] = []
+        while True:
+            try:
+                meta, view = self.take()
+            except ChannelError:
+                if out:
+                    return out  # the error is sticky: the next call raises it
+                raise
+            if not meta:
+                return out
+            for i in range(0, len(meta), 4):
+                off = meta[i + 2]
+                out.append(
+                    (
+                        meta[i] & 0xFF,
+                        meta[i] >> 8,
+                        meta[i + 1],
+                        bytes(view[off : off + meta[i + 3]]),
+                    )
+                )
 
     @property
     def buffered(self) -> int:

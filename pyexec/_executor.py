@@ -613,7 +613,6 @@ class _Manager:
         self.max_tasks = executor._max_tasks_per_child
         self.on_crash = executor._on_crash
         self.launcher = launcher
-        self.set_broken = partial(_mark_broken, weakref.ref(executor))
         self.executor_ref = weakref.ref(executor, lambda _r: self.request_stop())
         self.waiter = ch.Waiter()
         self.wake_r, self.wake_w = ch.make_pipe(True, True)
@@ -724,25 +723,22 @@ class _Manager:
                 return True
         return False
 
-    def _wake_locked(self) -> None:
-        self.wake()
-
     def request_stop(self) -> None:
         """Shut down once the pending work is done."""
         if self.pid != os.getpid():
             return  # a forked child's copy: the wake pipe is not ours
         self.stop = True
-        self._wake_locked()
+        self.wake()
 
     def request_signal(self, sig: int) -> None:
         """Send sig to every worker (terminate_workers, kill_workers)."""
         self.signal_all = sig
-        self._wake_locked()
+        self.wake()
 
     def request_terminate(self, task: _Task) -> None:
         """Kill the worker running task (from terminate_task)."""
         self.terminate_requests.append(task)
-        self._wake_locked()
+        self.wake()
 
     def stats(self, pending: int) -> PoolStats:
         """Counters as of now; racy by design (no lock), each one exact."""
@@ -919,8 +915,13 @@ class _Manager:
         # Least loaded first: an idle worker takes the next call before a busy
         # one queues it behind a call that may be long.
         workers = self.workers
-        if pending and len(workers) > 1:
-            workers = sorted(workers, key=lambda w: len(w.inflight))
+        share = 0
+        if pending:
+            if len(workers) > 1:
+                workers = sorted(workers, key=lambda w: len(w.inflight))
+            # Spread a short burst evenly over the workers.
+            ups = sum(1 for x in workers if x.state == "up") or 1
+            share = -(-self._backlog(self.window * ups) // ups)
         for w in workers:
             if w.state != "up":
                 continue
@@ -928,9 +929,6 @@ class _Manager:
             # Over its memory limit: no new call; it drains its window and exits.
             room = 0 if w.recycle else self.window - len(inflight)
             if pending and room > 0:
-                ups = sum(1 for x in self.workers if x.state == "up")
-                # Spread a short burst evenly over the workers.
-                share = -(-self._backlog(self.window * ups) // ups)
                 room = min(room, share)
                 if w.quota is not None:
                     room = min(room, w.quota)
@@ -1175,7 +1173,6 @@ class _Manager:
         if exitcode is None:
             self.launcher.kill(w)
             exitcode = self.launcher.exitcode(w, EXIT_STATUS_WAIT)
-        w.exitcode = exitcode
         self._forget(w)
         graceful = w.acked and not w.inflight and exitcode == 0
         if graceful or self.broken is not None:
@@ -1258,7 +1255,11 @@ class _Manager:
         if self.broken is not None:
             return
         self.broken = msg
-        self.set_broken(msg)
+        executor = self.executor_ref()
+        if executor is not None:
+            with executor._lock:
+                executor._broken = msg
+            del executor
         doomed = list(lost or ())
         if lost:
             lost.clear()
@@ -1334,7 +1335,7 @@ class _Manager:
         for w in list(self.workers):
             if w.state != "dead":
                 self.launcher.kill(w)
-                w.exitcode = self.launcher.exitcode(w, EXIT_STATUS_WAIT)
+                self.launcher.exitcode(w, EXIT_STATUS_WAIT)  # reaps it
                 self._fail_all(w.inflight, self.broken or "")
                 self._forget(w)
         with self.wake_lock:
@@ -1356,10 +1357,3 @@ def _wait_thread_gone(native_id: int | None, limit: float = 0.1) -> None:
     deadline = time.monotonic() + limit
     while native_id is not None and os.path.exists(path) and time.monotonic() < deadline:
         time.sleep(0.0001)
-
-
-def _mark_broken(executor_ref: weakref.ref, msg: str) -> None:
-    executor = executor_ref()
-    if executor is not None:
-        with executor._lock:
-            executor._broken = msg

@@ -46,7 +46,6 @@ class Worker:
         "acked",
         "call_fd",
         "exit_at",
-        "exitcode",
         "fatal",
         "inflight",
         "kill_reason",
@@ -69,7 +68,6 @@ class Worker:
         self.result_fd = ch.own_fd(result_fd)
         self.sentinel = sentinel
         self._proc = proc
-        self.exitcode: int | None = None
         self.writer = ch.Writer(call_fd)
         self.reader = ch.Decoder()
         self.inflight: Any = None  # set by the manager

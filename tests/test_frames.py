@@ -211,10 +211,9 @@ def test_garbage_header(case):
     good = encode(ch.KIND_RESULT, 1, b"fine")
     dec.feed(good + ch.HEADER.pack(magic, kind, flags, reserved, 2, 0))
     # The good frame before the garbage is still handed out.
-    view = dec.next_view()
-    assert view is not None and view[2] == 1 and bytes(view[3]) == b"fine"
+    assert dec.frames() == [(ch.KIND_RESULT, 0, 1, b"fine")]
     with pytest.raises(ChannelError) as info:
-        dec.next_view()
+        dec.frames()
     assert info.value.errno == errno.EBADMSG
     assert word in dec.error
     with pytest.raises(ChannelError) as again:
@@ -389,15 +388,15 @@ def test_decoder_shrinks_back_after_large_frame():
     assert grown < 64 << 20, f"resident memory grew by {grown >> 20} MiB"
 
 
-def test_next_view_points_into_decoder():
-    """next_view hands out the payload without a copy, valid until the next feed."""
+def test_take_points_into_decoder():
+    """take hands out offsets into one view of the decoder's buffer: no copy."""
     dec = Decoder()
     dec.feed(encode(ch.KIND_RESULT, 1, b"abc") + encode(ch.KIND_RESULT, 2, b""))
-    kind, flags, tid, buf = dec.next_view()
-    assert (kind, flags, tid, bytes(buf)) == (ch.KIND_RESULT, 0, 1, b"abc")
-    kind, flags, tid, buf = dec.next_view()
-    assert (tid, bytes(buf)) == (2, b"")
-    assert dec.next_view() is None
+    meta, view = dec.take()
+    assert meta[0] == ch.KIND_RESULT and meta[1] == 1 and meta[4 + 1] == 2
+    assert bytes(view[meta[2] : meta[2] + meta[3]]) == b"abc"
+    assert meta[4 + 3] == 0 and meta[2] + meta[3] <= len(view)
+    assert dec.take() == ([], None)
 
 
 # ---- writing ---------------------------------------------------------------
