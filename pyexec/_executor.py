@@ -32,7 +32,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import CancelledError, Executor, Future, InvalidStateError, _base
+from concurrent.futures import CancelledError, Executor, InvalidStateError, _base
 from concurrent.futures import TimeoutError as FuturesTimeoutError
 from concurrent.futures.process import _RemoteTraceback
 from dataclasses import dataclass
@@ -42,6 +42,7 @@ from typing import Any
 
 from . import _channel as ch
 from ._errors import BrokenProcessPool, TaskTerminated, TaskTimeout, WorkerDied, describe_exit
+from ._future import Future
 from ._launch import ProcessLauncher, Worker, ZygoteLauncher
 from ._worker import WorkerConfig
 

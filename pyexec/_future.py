@@ -1,0 +1,100 @@
+"""The Future that submit returns: the standard one, with its Condition made on demand.
+
+A ``concurrent.futures.Future`` builds a ``threading.Condition`` (an RLock and
+a deque, in Python) when it is created, and takes it for every change and
+every look at its state. For a tiny call that is half of the parent's cost.
+This subclass makes the Condition only when some thread needs it (a wait on a
+future not yet done, a done-callback, ``cancel``, ``concurrent.futures.wait``,
+``as_completed``, ``repr``...); until then the pool's own transitions (running,
+then finished) are made under one module lock instead, and a finished future's
+result is read without any lock.
+
+Why that is safe: the Condition is created under the same module lock. So each
+transition either happens entirely before the Condition exists (nobody can be
+waiting on it, no callback or waiter is installed: both need the Condition),
+or entirely after, and then it takes the standard path. Every other method is
+the standard library's own, working on the Condition as usual.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import _base
+from typing import Any
+
+_PENDING = _base.PENDING
+_RUNNING = _base.RUNNING
+_FINISHED = _base.FINISHED
+
+# Held only for a few attribute stores: a transition made without the
+# Condition, or the Condition's creation.
+_lock = threading.Lock()
+
+
+class Future(_base.Future):
+    """A ``concurrent.futures.Future`` (isinstance holds) that is cheaper to make and settle."""
+
+    __slots__ = ("_cond", "_pyexec_task")
+
+    def __init__(self) -> None:  # the base's fields, but no Condition yet
+        self._cond: threading.Condition | None = None
+        self._pyexec_task: Any = None  # the pool's record of the call (terminate_task)
+        self._state = _PENDING
+        self._result = None
+        self._exception = None
+        self._waiters: list = []
+        self._done_callbacks: list = []
+
+    @property
+    def _condition(self) -> threading.Condition:
+        cond = self._cond
+        if cond is None:
+            with _lock:
+                cond = self._cond
+                if cond is None:
+                    cond = self._cond = threading.Condition()
+        return cond
+
+    # ---- reads: a finished future needs no lock (its fields no longer change)
+
+    def done(self) -> bool:
+        """Return True if the future was cancelled or finished executing."""
+        return self._state in _DONE
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The call's result (see concurrent.futures.Future.result)."""
+        if self._state == _FINISHED:
+            if self._exception is None:
+                return self._result
+        return super().result(timeout)
+
+    # ---- the pool's transitions ------------------------------------------------
+
+    def set_running_or_notify_cancel(self) -> bool:
+        """As the standard method; without a Condition, a plain store."""
+        with _lock:
+            if self._cond is None and self._state == _PENDING:
+                self._state = _RUNNING
+                return True
+        return super().set_running_or_notify_cancel()
+
+    def set_result(self, result: Any) -> None:
+        """As the standard method; without a Condition, no one waits: plain stores."""
+        with _lock:
+            if self._cond is None and (self._state == _RUNNING or self._state == _PENDING):
+                self._result = result
+                self._state = _FINISHED
+                return
+        super().set_result(result)
+
+    def set_exception(self, exception: BaseException | None) -> None:
+        """As the standard method; without a Condition, no one waits: plain stores."""
+        with _lock:
+            if self._cond is None and (self._state == _RUNNING or self._state == _PENDING):
+                self._exception = exception
+                self._state = _FINISHED
+                return
+        super().set_exception(exception)
+
+
+_DONE = frozenset((_base.CANCELLED, _base.CANCELLED_AND_NOTIFIED, _FINISHED))
