@@ -27,6 +27,7 @@ import multiprocessing
 import os
 import pickle
 import signal
+import sys
 import threading
 import time
 import weakref
@@ -38,13 +39,14 @@ from concurrent.futures.process import _RemoteTraceback
 from dataclasses import dataclass
 from functools import partial
 from queue import Empty, SimpleQueue
+from types import BuiltinFunctionType, FunctionType, ModuleType
 from typing import Any
 
 from . import _channel as ch
 from ._errors import BrokenProcessPool, TaskTerminated, TaskTimeout, WorkerDied, describe_exit
 from ._future import Future
 from ._launch import ProcessLauncher, Worker, ZygoteLauncher
-from ._worker import WorkerConfig
+from ._worker import WorkerConfig, named_at
 
 # Calls a worker may hold beyond the one it runs. The window adapts to how
 # long calls take: WINDOW_SECONDS of queued work per worker, between 1 and
@@ -238,6 +240,35 @@ def _drain_pending(pending: deque, lock: Any, ids: Iterator[int]) -> list[_Task]
             out.append(entry)
 
 
+# Pickles of functions that pickle by reference (their module and name), kept
+# for the next call: pickling a function by name imports its module and looks
+# the name up each time, the largest single cost of a tiny submit. An entry is
+# used only while the name still names that function, as pickle would check.
+# Bounded: a process that submits ever new functions only clears it more often.
+_fn_refs: dict[Callable, tuple[bytes, Any, list[str]]] = {}
+_FN_REFS_MAX = 256
+
+
+def _dump_call(fn: Callable, args: tuple, kwargs: dict) -> bytes:
+    """The pickle of one call: (fn, args, kwargs), or (None, args, kwargs, fn's
+    pickle) for a plain function or a module's builtin, which pickle by name
+    (the worker resolves it the same way, see _worker._load_call)."""
+    cls = fn.__class__
+    if cls is FunctionType or (cls is BuiltinFunctionType and fn.__self__.__class__ is ModuleType):
+        entry = _fn_refs.get(fn)
+        if entry is None:
+            module = sys.modules.get(fn.__module__ or "")
+            path = fn.__qualname__.split(".")
+            if module is not None and named_at(module, path) is fn:
+                entry = (pickle.dumps(fn, pickle.HIGHEST_PROTOCOL), module, path)
+                if len(_fn_refs) >= _FN_REFS_MAX:
+                    _fn_refs.clear()
+                _fn_refs[fn] = entry
+        if entry is not None and named_at(entry[1], entry[2]) is fn:
+            return pickle.dumps((None, args, kwargs, entry[0]), pickle.HIGHEST_PROTOCOL)
+    return pickle.dumps((fn, args, kwargs), pickle.HIGHEST_PROTOCOL)
+
+
 def _process_chunk(fn: Callable, star: bool, chunk: tuple) -> list:
     """Run fn over one chunk of map's items (in the worker)."""
     return list(itertools.starmap(fn, chunk) if star else map(fn, chunk))
@@ -358,7 +389,7 @@ class ProcessPoolExecutor(Executor):
         future: Future = Future()
         failure: BaseException | None = None
         try:
-            payload = pickle.dumps((fn, args, kwargs), pickle.HIGHEST_PROTOCOL)
+            payload = _dump_call(fn, args, kwargs)
         except KeyboardInterrupt:
             raise
         except BaseException as exc:  # that call alone fails, as in the stdlib

@@ -153,9 +153,7 @@ def _run_frames(meta, view, push, flush, loads, dumps, proto, rss, max_memory) -
                 push(ch.KIND_STARTED, tid)
                 flush()
             try:
-                call = _load_args(loads, buf, tid)
-                fn, args, kwargs = call
-                del call
+                fn, args, kwargs = _load_call(loads, buf, tid)
                 r = fn(*args, **kwargs)
                 del fn, args, kwargs
             except BaseException as exc:
@@ -191,6 +189,41 @@ def _load_args(loads, data, tid: int):
             f"the function or arguments of call {tid} could not be unpickled in worker "
             f"pid {os.getpid()}: {exc!r}"
         ) from exc
+
+
+def named_at(module: Any, path: list[str]) -> Any:
+    """What module.<path> names now (None if nothing): how unpickling finds a
+    function pickled by name, without the import. Both sides use it to keep a
+    function's pickle only while its name still names it."""
+    obj = module
+    for part in path:
+        obj = getattr(obj, part, None)
+    return obj
+
+
+# Functions pickled by name (see _executor._dump_call): their pickle -> where
+# their name points, looked up again per call as unpickling would, minus the
+# import and the pickle machinery.
+_fn_by_ref: dict[bytes, tuple[Any, list[str]]] = {}
+_FN_REFS_MAX = 256
+
+
+def _load_call(loads, data, tid: int) -> tuple:
+    """(fn, args, kwargs) of one CALL frame."""
+    call = _load_args(loads, data, tid)
+    if len(call) == 3:
+        return call
+    _, args, kwargs, ref = call
+    where = _fn_by_ref.get(ref)
+    fn = None if where is None else named_at(*where)
+    if fn is None:
+        fn = _load_args(loads, ref, tid)
+        module = sys.modules.get(getattr(fn, "__module__", None) or "")
+        if module is not None:
+            if len(_fn_by_ref) >= _FN_REFS_MAX:
+                _fn_by_ref.clear()
+            _fn_by_ref[ref] = (module, fn.__qualname__.split("."))
+    return fn, args, kwargs
 
 
 def _dumps_result(r, dumps, proto) -> tuple[bytes, int]:

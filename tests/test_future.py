@@ -1,0 +1,191 @@
+"""The Future that submit returns, and the submit path's function cache (issue 3).
+
+pyexec's Future is a ``concurrent.futures.Future`` that makes its Condition only
+when a thread needs it; every sequence of operations must end as on the
+standard one. Functions pickled by name are pickled once and resolved by name
+in the worker; that must stay invisible, including when a name is rebound.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import functools
+import itertools
+import os
+import re
+import threading
+
+import api_funcs
+import pytest
+from api_funcs import add, getpid, ident, raised, side_by_side
+
+import pyexec
+from pyexec._future import Future
+
+
+class Boom(Exception):
+    """The exception the state-machine test sets."""
+
+
+def _ops(calls: list):
+    """The operations a caller can make on a future, each as name -> fn(future)."""
+    return {
+        "cancel": lambda f: f.cancel(),
+        "running": lambda f: f.set_running_or_notify_cancel(),
+        "result": lambda f: f.set_result(1),
+        "exception": lambda f: f.set_exception(Boom("x")),
+        "get": lambda f: f.result(timeout=0),
+        "get_exc": lambda f: repr(f.exception(timeout=0)),
+        "callback": lambda f: f.add_done_callback(lambda g: calls.append(g.done())),
+        "repr": lambda f: re.sub(r"0x[0-9a-f]+", "ADDR", repr(f)),
+    }
+
+
+def _play(cls, seq: tuple) -> list:
+    """Apply seq to a fresh cls() and record every outcome and the state after it
+    (read as _state: running() and cancelled() would make the Condition)."""
+    calls: list = []
+    ops = _ops(calls)
+    f = cls()
+    out = []
+    for name in seq:
+        r = raised(lambda: ops[name](f))
+        if r[0] == "err" and r[1] is not cf.TimeoutError:
+            r = ("err", r[1])  # the stdlib's messages name the future's address
+        out.append((name, r, f._state, f.done(), list(calls)))
+    return out
+
+
+@pytest.mark.timeout(60)
+def test_every_sequence_of_operations_ends_as_on_the_stdlib_future():
+    """All sequences of up to 4 operations: same returns, errors, states, callbacks, reprs."""
+    names = list(_ops([]))
+    n = 0
+    for k in range(1, 5):
+        for seq in itertools.product(names, repeat=k):
+            assert _play(Future, seq) == _play(cf.Future, seq), seq
+            n += 1
+    assert n == sum(len(names) ** k for k in range(1, 5))
+
+
+def test_it_is_a_concurrent_futures_future():
+    """isinstance holds and the class is named Future, as code that checks either expects."""
+    f = Future()
+    assert isinstance(f, cf.Future)
+    assert type(f).__name__ == "Future"
+    assert repr(f).startswith("<Future at 0x") and "state=pending" in repr(f)
+
+
+@pytest.mark.timeout(60)
+def test_settling_races_waiters_and_callbacks():
+    """A thread settles while others wait, call wait/as_completed or add a callback:
+    every waiter wakes and every callback runs once, however the race falls."""
+    for i in range(300):
+        f = Future()
+        seen: list = []
+        start = threading.Barrier(4)
+
+        def waiter(f=f, start=start):
+            start.wait()
+            seen.append(("result", f.result(timeout=10)))
+
+        def waits(f=f, start=start):
+            start.wait()
+            done, _ = cf.wait([f], timeout=10)
+            seen.append(("wait", len(done)))
+
+        def callback(f=f, start=start):
+            start.wait()
+            f.add_done_callback(lambda g: seen.append(("cb", g.result())))
+
+        threads = [threading.Thread(target=t) for t in (waiter, waits, callback)]
+        for t in threads:
+            t.start()
+        start.wait()
+        if i % 2:
+            assert f.set_running_or_notify_cancel()
+        f.set_result(i)
+        for t in threads:
+            t.join(10)
+        assert sorted(seen) == [("cb", i), ("result", i), ("wait", 1)], i
+        assert list(cf.as_completed([f], timeout=1)) == [f]
+
+
+@pytest.mark.timeout(60)
+def test_cancel_races_running():
+    """cancel and set_running_or_notify_cancel from two threads: exactly one wins."""
+    for _ in range(500):
+        f = Future()
+        got: dict = {}
+        t = threading.Thread(target=lambda f=f: got.__setitem__("cancel", f.cancel()))
+        t.start()
+        running = f.set_running_or_notify_cancel()
+        t.join(10)
+        assert running != got["cancel"]
+        assert f.cancelled() == got["cancel"]
+
+
+# ---- the function cache ----------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_callables_of_every_kind(ctx):
+    """Plain and builtin functions (cached by name) and callables that are not
+    (bound methods, partials, classes) all run, repeatedly, with their own args."""
+    calls = [
+        (ident, (1,)),
+        (add, (2, 3)),
+        (os.getpid, ()),
+        ("a-b".split, ("-",)),
+        (functools.partial(add, 10), (1,)),
+        (dict, ()),
+        (abs, (-4,)),
+    ]
+    with pyexec.ProcessPoolExecutor(2, mp_context=ctx) as ex:
+        for _ in range(3):
+            futs = [ex.submit(fn, *args) for fn, args in calls]
+            got = [f.result(timeout=30) for f in futs]
+            assert got[:2] == [1, 5] and got[3:] == [["a", "b"], 11, {}, 4]
+            assert got[2] != os.getpid()
+
+
+@pytest.mark.timeout(60)
+def test_rebound_name_fails_as_in_the_stdlib(ctx):
+    """After its module's name is rebound, a function no longer pickles by name:
+    the submit fails as in the stdlib, though it was sent (and cached) before."""
+
+    def scenario(cls):
+        with cls(1, mp_context=ctx) as ex:
+            first = ex.submit(api_funcs.ident, 1).result(timeout=30)
+            old = api_funcs.ident
+            api_funcs.ident = api_funcs.add
+            try:
+                r = raised(lambda: ex.submit(old, 1).result(timeout=30))
+            finally:
+                api_funcs.ident = old
+            return first, r[:2], ex.submit(old, 2).result(timeout=30)
+
+    got = side_by_side(scenario)
+    assert got["pyexec"] == got["stdlib"]
+    assert got["pyexec"][1][0] == "err"
+
+
+def _rebind_in_worker() -> int:
+    """Rebind api_funcs.getpid in this worker to a function that returns -1."""
+    api_funcs.getpid = lambda: -1
+    return os.getpid()
+
+
+@pytest.mark.timeout(60)
+def test_worker_resolves_the_name_each_call(ctx):
+    """A task that rebinds a function's name in the worker changes what the next
+    call by that name runs, as unpickling by name does in the stdlib."""
+
+    def scenario(cls):
+        with cls(1, mp_context=ctx) as ex:
+            before = ex.submit(getpid).result(timeout=30) > 0
+            ex.submit(_rebind_in_worker).result(timeout=30)
+            return before, ex.submit(getpid).result(timeout=30)
+
+    got = side_by_side(scenario)
+    assert got["pyexec"] == got["stdlib"] == (True, -1)
