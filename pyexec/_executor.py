@@ -936,8 +936,18 @@ class _Manager:
                 return limit
         return n
 
+    def _room(self, w: Worker, now: float) -> int:
+        """How many more calls w may hold. None behind a head call that has run
+        longer than WINDOW_PAIR: the window was sized for short calls, and this
+        one may be long (a worker on its way, or one that frees up, takes them)."""
+        inflight = w.inflight
+        if w.recycle or (inflight and now - w.mark > WINDOW_PAIR):
+            return 0  # over its memory limit: it drains its window and exits
+        return self.window - len(inflight)
+
     def _has_room(self) -> bool:
-        return any(w.state == "up" and len(w.inflight) < self.window for w in self.workers)
+        now = time.monotonic()
+        return any(w.state == "up" and self._room(w, now) > 0 for w in self.workers)
 
     def _dispatch(self) -> None:
         """Hand pending calls to workers with room, many frames per write."""
@@ -958,8 +968,7 @@ class _Manager:
             if w.state != "up":
                 continue
             inflight = w.inflight
-            # Over its memory limit: no new call; it drains its window and exits.
-            room = 0 if w.recycle else self.window - len(inflight)
+            room = self._room(w, now)
             if pending and room > 0:
                 room = min(room, share)
                 if w.quota is not None:
