@@ -205,6 +205,11 @@ void px_waiter_free(px_waiter *w);
 /* Which backend a waiter runs (PX_BACKEND_EPOLL or PX_BACKEND_POLL). */
 int px_waiter_backend(const px_waiter *w);
 
+/* An fd that polls readable while any fd the waiter watches is ready (the
+ * epoll fd), so another thread can wait on a few fds of its own and still see
+ * that this waiter has something to report. -ENOSYS on the poll backend. */
+int px_waiter_fd(const px_waiter *w);
+
 /* Watch fd for events (a mask of PX_READABLE|PX_WRITABLE, may be 0), to be
  * reported with token. Returns 0, -EEXIST, -EBADF, -ENOMEM. */
 int px_waiter_add(px_waiter *w, int fd, uint32_t events, uint64_t token);

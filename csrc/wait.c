@@ -101,6 +101,13 @@ void px_waiter_free(px_waiter *w) {
 
 int px_waiter_backend(const px_waiter *w) { return w->backend; }
 
+int px_waiter_fd(const px_waiter *w) {
+#ifdef __linux__
+    if (w->backend == PX_BACKEND_EPOLL) return ((const epoll_state *)w->st)->epfd;
+#endif
+    return -ENOSYS;
+}
+
 int px_waiter_add(px_waiter *w, int fd, uint32_t events, uint64_t token) {
     if (fd < 0) return -EBADF;
     return w->ops->add(w->st, fd, events, token);

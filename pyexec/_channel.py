@@ -365,6 +365,11 @@ class Waiter:
         """'epoll' or 'poll'."""
         return "epoll" if lib.px_waiter_backend(self._w) == lib.PX_BACKEND_EPOLL else "poll"
 
+    @property
+    def fd(self) -> int:
+        """The epoll fd (readable while a watched fd is ready); -1 on poll."""
+        return max(-1, lib.px_waiter_fd(self._w))
+
     def add(self, fd: int, events: int) -> None:
         """Watch fd for READABLE and/or WRITABLE."""
         check(lib.px_waiter_add(self._w, fd, events, fd))

@@ -23,9 +23,11 @@ that was running fails, the calls queued behind it go to other workers.
 from __future__ import annotations
 
 import itertools
+import math
 import multiprocessing
 import os
 import pickle
+import select
 import signal
 import sys
 import threading
@@ -123,6 +125,7 @@ class _Task:
         "t0",
         "tid",
         "timeout",
+        "where",
     )
 
     def __init__(
@@ -145,6 +148,7 @@ class _Task:
         self.started = False  # RUNNING already (a requeued call)
         self.kill: str | None = None  # "terminate" once terminate_task asked
         self.t0 = 0.0  # when its worker said it started (calls with a deadline)
+        self.where: tuple[_Manager, Worker] | None = None  # set when submit wrote it itself
 
     def start(self) -> bool:
         """Mark it running, as the stdlib does at dispatch; False if it was cancelled."""
@@ -176,6 +180,13 @@ class _Task:
                 future.set_exception(exc)
         except InvalidStateError:
             pass
+
+    def wait_here(self, end: float | None) -> None:
+        """Wait for the result in the calling thread if the manager is idle (see
+        _Manager.help); return when settled, or at once when that cannot be."""
+        where = self.where
+        if where is not None:
+            where[0].help(self, where[1], end)
 
     def cancel(self) -> bool:
         """Cancel a call that has not started; False if it is running."""
@@ -647,6 +658,7 @@ class _Manager:
         self.launcher = launcher
         self.executor_ref = weakref.ref(executor, lambda _r: self.request_stop())
         self.waiter = ch.Waiter()
+        self.waiter_fd = self.waiter.fd  # -1 on the poll backend: help() does nothing
         self.wake_r, self.wake_w = ch.make_pipe(True, True)
         ch.own_fd(self.wake_r)
         ch.own_fd(self.wake_w)
@@ -654,6 +666,9 @@ class _Manager:
         if launcher.fd >= 0:
             self.waiter.add(launcher.fd, ch.READABLE)
         self.sleeping = False
+        self.sleep_until: float | None = None  # when a sleeping manager wakes anyway
+        self.generation = ch.fork_generation
+        self.help_poll: Any = None  # help()'s poll object, made on first use
         self.wake_sent = False
         self.closed = False
         self.stop = False
@@ -743,6 +758,7 @@ class _Manager:
                     return True
                 w.writer.push(ch.KIND_CALL, task.tid, task.payload)
                 w.inflight.append(task)
+                task.where = (self, w)
                 w.mark = time.monotonic()
                 if w.quota is not None:
                     w.quota -= 1
@@ -754,6 +770,64 @@ class _Manager:
                     self.wake()  # the manager finishes the write or the exit
                 return True
         return False
+
+    def help(self, task: _Task, w: Worker, end: float | None) -> None:
+        """Read task's result in the calling thread (result(), dispatch_lock free).
+
+        A round trip through the manager costs two thread hops and the GIL
+        passed back and forth. When the manager sleeps, the caller instead
+        takes dispatch_lock, masks w's result fd in the manager's waiter and
+        polls that fd itself, alongside the waiter's own fd: whatever else
+        becomes ready (a wake, a death, another worker's results, a deadline)
+        ends the help, and the manager takes over. epoll only: the poll
+        backend's set cannot change under a waiting thread.
+        """
+        if (
+            not self.sleeping
+            or self.waiter_fd < 0
+            or w.state != "up"
+            or self.generation != ch.fork_generation
+            or not self.dispatch_lock.acquire(False)
+        ):
+            return
+        settled: list = []
+        try:
+            if self.sleeping and not self.closed and task in w.inflight:
+                until = self.sleep_until
+                if until is not None and (end is None or until < end):
+                    end = until
+                self._read_for(task, w, end, settled)
+        finally:
+            self.dispatch_lock.release()
+            for t, value, exc in settled:
+                t.settle(value, exc)
+
+    def _read_for(self, task: _Task, w: Worker, end: float | None, settled: list) -> None:
+        """help's wait: read w's results until task's is among them (dispatch_lock held)."""
+        poll = self.help_poll
+        if poll is None:
+            poll = self.help_poll = select.poll()
+            poll.register(self.waiter_fd, select.POLLIN)
+        fd, waiter, inflight = w.result_fd, self.waiter, w.inflight
+        waiter.modify(fd, 0)
+        poll.register(fd, select.POLLIN)
+        try:
+            while task in inflight:
+                ms = -1 if end is None else max(0, math.ceil((end - time.monotonic()) * 1000))
+                ready = poll.poll(ms)
+                if len(ready) != 1 or ready[0][0] != fd:
+                    return  # time is up, or the manager has work
+                n = w.reader.read(fd)
+                settled += self._decode(w)
+                if n == 0:
+                    return  # end of file: the manager sees it too
+        except ch.ChannelError as exc:
+            self._protocol_error(w, str(exc))
+        finally:
+            poll.unregister(fd)
+            waiter.modify(fd, ch.READABLE)
+            if settled and (self.pending or w.recycle or w.quota == 0):
+                self.wake()  # work to dispatch, or a worker to retire
 
     def request_stop(self) -> None:
         """Shut down once the pending work is done."""
@@ -815,9 +889,10 @@ class _Manager:
             if self._finished():
                 return
             timeout = self._next_timeout()
-            self.sleeping = True
             if self.pending and self.broken is None and self._has_room():
                 timeout = 0.0
+            self.sleep_until = None if timeout is None else time.monotonic() + timeout
+            self.sleeping = True
             self.dispatch_lock.release()
             try:
                 events = waiter.wait(timeout)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import _base
+from time import monotonic
 from typing import Any
 
 _PENDING = _base.PENDING
@@ -38,7 +39,7 @@ class Future(_base.Future):
 
     def __init__(self) -> None:  # the base's fields, but no Condition yet
         self._cond: threading.Condition | None = None
-        self._pyexec_task: Any = None  # the pool's record of the call (terminate_task)
+        self._pyexec_task: Any = None  # the pool's record of the call (see result)
         self._state = _PENDING
         self._result = None
         self._exception = None
@@ -66,6 +67,14 @@ class Future(_base.Future):
         if self._state == _FINISHED:
             if self._exception is None:
                 return self._result
+        elif self._pyexec_task is not None:
+            # The pool may let this thread read the result itself: no hop.
+            end = None if timeout is None else monotonic() + timeout
+            self._pyexec_task.wait_here(end)
+            if self._state == _FINISHED and self._exception is None:
+                return self._result
+            if end is not None:
+                timeout = max(0.0, end - monotonic())
         return super().result(timeout)
 
     # ---- the pool's transitions ------------------------------------------------

@@ -1,9 +1,13 @@
-"""The Future that submit returns, and the submit path's function cache (issue 3).
+"""The Future that submit returns, result() read in the caller's thread, and
+the submit path's function cache (issue 3).
 
 pyexec's Future is a ``concurrent.futures.Future`` that makes its Condition only
 when a thread needs it; every sequence of operations must end as on the
-standard one. Functions pickled by name are pickled once and resolved by name
-in the worker; that must stay invisible, including when a name is rebound.
+standard one. When the pool is otherwise idle, result() reads the call's result
+itself instead of waiting for the manager thread; anything else the manager
+must do ends that at once. Functions pickled by name are pickled once and
+resolved by name in the worker; that must stay invisible, including when a
+name is rebound.
 """
 
 from __future__ import annotations
@@ -13,11 +17,13 @@ import functools
 import itertools
 import os
 import re
+import sys
 import threading
+import time
 
 import api_funcs
 import pytest
-from api_funcs import add, getpid, ident, raised, side_by_side
+from api_funcs import add, die, getpid, ident, raised, side_by_side, sleep_then
 
 import pyexec
 from pyexec._future import Future
@@ -123,6 +129,94 @@ def test_cancel_races_running():
         t.join(10)
         assert running != got["cancel"]
         assert f.cancelled() == got["cancel"]
+
+
+# ---- result() read in the caller's thread ------------------------------------------
+
+
+def _callback_threads(ex, n: int = 20) -> set[int]:
+    """Threads that ran the done-callbacks of n sequential round trips (added
+    while each call runs, before result() is called)."""
+    seen = set()
+    ex.submit(ident, 0).result(timeout=30)  # the first call waits for a worker to start
+    for i in range(n):
+        f = ex.submit(sleep_then, 0.01, i)
+        f.add_done_callback(lambda _f: seen.add(threading.get_ident()))
+        assert f.result(timeout=30) == i
+    return seen
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="epoll only (Linux)")
+def test_idle_pool_result_is_read_by_the_waiting_thread(ctx, monkeypatch):
+    """With nothing else to do, the thread in result() reads its result itself:
+    its callbacks run there."""
+    monkeypatch.setenv("PYEXEC_WAITER", "epoll")
+    with pyexec.ProcessPoolExecutor(2, mp_context=ctx) as ex:
+        assert _callback_threads(ex) == {threading.get_ident()}
+
+
+@pytest.mark.timeout(60)
+def test_poll_backend_result_is_read_by_the_manager(monkeypatch):
+    """The poll backend's set cannot change under a waiting thread: no helping."""
+    monkeypatch.setenv("PYEXEC_WAITER", "poll")
+    with pyexec.ProcessPoolExecutor(2) as ex:
+        assert threading.get_ident() not in _callback_threads(ex)
+
+
+@pytest.mark.timeout(60)
+def test_waiting_thread_gives_way_to_other_work(ctx):
+    """A thread waiting on a long call does not hold up another thread's calls:
+    they are dispatched and settled while the long call still runs (on the
+    second worker, started meanwhile: not queued behind the long call)."""
+    with pyexec.ProcessPoolExecutor(2, mp_context=ctx) as ex:
+        ex.submit(ident, 0).result(timeout=30)  # a worker up, the manager asleep
+        long = ex.submit(sleep_then, 3, "long")
+        waiter = threading.Thread(target=long.result, kwargs={"timeout": 30})
+        waiter.start()
+        time.sleep(0.3)  # the waiter is in result(), helping
+        got = [ex.submit(add, i, 1).result(timeout=2) for i in range(20)]
+        assert not long.done()  # the tiny calls did not wait for it
+        waiter.join(30)
+    assert got == list(range(1, 21))
+
+
+@pytest.mark.timeout(60)
+def test_waiting_thread_timeout_then_result(ctx):
+    """result(timeout) of a running call times out on time; a later result() gets it."""
+    with pyexec.ProcessPoolExecutor(1, mp_context=ctx) as ex:
+        ex.submit(ident, 0).result(timeout=30)
+        f = ex.submit(sleep_then, 1.0, "late")
+        t0 = time.monotonic()
+        with pytest.raises(cf.TimeoutError):
+            f.result(timeout=0.2)
+        assert time.monotonic() - t0 >= 0.2
+        assert f.result(timeout=30) == "late"
+
+
+@pytest.mark.timeout(60)
+def test_worker_death_while_a_thread_waits(ctx):
+    """The waiting thread sees the death as the stdlib reports it: BrokenProcessPool."""
+
+    def scenario(cls):
+        with cls(1, mp_context=ctx) as ex:
+            ex.submit(ident, 0).result(timeout=30)
+            return raised(lambda: ex.submit(die, 3).result(timeout=30))[:2]
+
+    got = side_by_side(scenario)
+    assert got["pyexec"] == got["stdlib"] == ("err", cf.process.BrokenProcessPool)
+
+
+@pytest.mark.timeout(60)
+def test_terminate_task_while_a_thread_waits(ctx):
+    """terminate_task from another thread ends a helped wait with TaskTerminated."""
+    with pyexec.ProcessPoolExecutor(1, mp_context=ctx) as ex:
+        ex.submit(ident, 0).result(timeout=30)
+        f = ex.submit(sleep_then, 30)
+        threading.Timer(0.3, ex.terminate_task, (f,)).start()
+        with pytest.raises(pyexec.TaskTerminated):
+            f.result(timeout=30)
+        assert ex.submit(add, 1, 2).result(timeout=30) == 3
 
 
 # ---- the function cache ----------------------------------------------------------
