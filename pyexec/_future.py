@@ -35,7 +35,11 @@ _lock = threading.Lock()
 class Future(_base.Future):
     """A ``concurrent.futures.Future`` (isinstance holds) that is cheaper to make and settle."""
 
-    __slots__ = ("_cond", "_pyexec_task")
+    # The base's fields as slots: no __dict__ per future. The waiter and
+    # callback lists are made with the Condition (every standard method that
+    # uses them takes the Condition first): one object per future for the
+    # collector to track instead of four.
+    __slots__ = ("_callbacks", "_cond", "_exception", "_list", "_pyexec_task", "_result", "_state")
 
     def __init__(self) -> None:  # the base's fields, but no Condition yet
         self._cond: threading.Condition | None = None
@@ -43,8 +47,6 @@ class Future(_base.Future):
         self._state = _PENDING
         self._result = None
         self._exception = None
-        self._waiters: list = []
-        self._done_callbacks: list = []
 
     @property
     def _condition(self) -> threading.Condition:
@@ -53,8 +55,30 @@ class Future(_base.Future):
             with _lock:
                 cond = self._cond
                 if cond is None:
+                    self._list = []
+                    self._callbacks = []
                     cond = self._cond = threading.Condition()
         return cond
+
+    @property
+    def _waiters(self) -> list:
+        self._condition  # noqa: B018 - made with the Condition
+        return self._list
+
+    @_waiters.setter
+    def _waiters(self, value: list) -> None:
+        self._condition  # noqa: B018
+        self._list = value
+
+    @property
+    def _done_callbacks(self) -> list:
+        self._condition  # noqa: B018 - made with the Condition
+        return self._callbacks
+
+    @_done_callbacks.setter
+    def _done_callbacks(self, value: list) -> None:
+        self._condition  # noqa: B018
+        self._callbacks = value
 
     # ---- reads: a finished future needs no lock (its fields no longer change)
 
