@@ -600,7 +600,8 @@ class ProcessPoolExecutor(Executor):
     def stats(self) -> PoolStats:
         """A cheap snapshot of the counters, for monitoring."""
         mgr = self._mgr
-        pending = sum(len(e.items) if e.__class__ is _MapJob else 1 for e in list(self._pending))
+        with self._lock:  # see _Manager._backlog
+            pending = sum(len(e.items) if e.__class__ is _MapJob else 1 for e in self._pending)
         if mgr is None:
             return PoolStats(0, 0, 0, pending, 0, 0, 0)
         return mgr.stats(pending)
@@ -1005,10 +1006,14 @@ class _Manager:
     def _backlog(self, limit: int) -> int:
         """Calls waiting in pending, counted up to limit (map items included)."""
         n = 0
-        for entry in self.pending:
-            n += len(entry.items) if entry.__class__ is _MapJob else 1
-            if n >= limit:
-                return limit
+        # Under the lock submit appends under: iterating a deque another thread
+        # appends to fails ("mutated during iteration"), snapshot or not (the
+        # collector may run Python code, and switch threads, in the middle).
+        with self.lock:
+            for entry in self.pending:
+                n += len(entry.items) if entry.__class__ is _MapJob else 1
+                if n >= limit:
+                    return limit
         return n
 
     def _room(self, w: Worker, now: float) -> int:

@@ -55,7 +55,7 @@ def _play(cls, seq: tuple) -> list:
     f = cls()
     out = []
     for name in seq:
-        r = raised(lambda: ops[name](f))
+        r = raised(lambda: ops[name](f))  # noqa: B023 - called at once
         if r[0] == "err" and r[1] is not cf.TimeoutError:
             r = ("err", r[1])  # the stdlib's messages name the future's address
         out.append((name, r, f._state, f.done(), list(calls)))
@@ -91,16 +91,16 @@ def test_settling_races_waiters_and_callbacks():
         seen: list = []
         start = threading.Barrier(4)
 
-        def waiter(f=f, start=start):
+        def waiter(f=f, start=start, seen=seen):
             start.wait()
             seen.append(("result", f.result(timeout=10)))
 
-        def waits(f=f, start=start):
+        def waits(f=f, start=start, seen=seen):
             start.wait()
             done, _ = cf.wait([f], timeout=10)
             seen.append(("wait", len(done)))
 
-        def callback(f=f, start=start):
+        def callback(f=f, start=start, seen=seen):
             start.wait()
             f.add_done_callback(lambda g: seen.append(("cb", g.result())))
 
@@ -123,7 +123,7 @@ def test_cancel_races_running():
     for _ in range(500):
         f = Future()
         got: dict = {}
-        t = threading.Thread(target=lambda f=f: got.__setitem__("cancel", f.cancel()))
+        t = threading.Thread(target=lambda f=f, got=got: got.__setitem__("cancel", f.cancel()))
         t.start()
         running = f.set_running_or_notify_cancel()
         t.join(10)

@@ -204,3 +204,19 @@ def test_user_fork_while_pool_runs(method):
     assert "child status 0" in out, out
     assert "parent results [0, 1, 2, 3, 4, 5]" in out, out
     assert "parent after [0, 1, 4, 9]" in out, out
+
+
+@pytest.mark.timeout(120)
+def test_thread_switch_at_every_step_of_the_manager():
+    """Bursts of submits with the GIL switched every 20 us, so the manager is
+    interrupted anywhere (it once iterated the pending deque while submit
+    appended to it, which broke the pool). Every call completes, in order."""
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(2e-5)
+    try:
+        with pyexec.ProcessPoolExecutor(2) as ex:
+            for _ in range(5):
+                futs = [ex.submit(ff.ident, i) for i in range(5000)]
+                assert [f.result(timeout=60) for f in futs] == list(range(5000))
+    finally:
+        sys.setswitchinterval(old)
