@@ -46,7 +46,7 @@ from typing import Any
 
 from . import _channel as ch
 from ._errors import BrokenProcessPool, TaskTerminated, TaskTimeout, WorkerDied, describe_exit
-from ._future import Future
+from ._future import Future, settle_fast
 from ._launch import ProcessLauncher, Worker, ZygoteLauncher
 from ._worker import WorkerConfig, named_at
 
@@ -800,7 +800,7 @@ class _Manager:
                 self._read_for(task, w, end, settled)
         finally:
             self.dispatch_lock.release()
-            for t, value, exc in settled:
+            for t, value, exc in settle_fast(settled):
                 t.settle(value, exc)
 
     def _read_for(self, task: _Task, w: Worker, end: float | None, settled: list) -> None:
@@ -1176,7 +1176,7 @@ class _Manager:
                 # Futures are settled with no lock held: callbacks run here.
                 self.dispatch_lock.release()
                 try:
-                    for task, value, exc in settled:
+                    for task, value, exc in settle_fast(settled):
                         task.settle(value, exc)
                 finally:
                     self.dispatch_lock.acquire()

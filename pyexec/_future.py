@@ -130,4 +130,24 @@ class Future(_base.Future):
         super().set_exception(exception)
 
 
+def settle_fast(outcomes: list) -> list:
+    """Settle many calls' futures under one lock: outcomes are (task, value,
+    exception) with task.future a Future. Those a thread already waits on (a
+    Condition exists), map items (no future) and any settled meanwhile are
+    returned, for the caller to settle one by one the standard way."""
+    rest = []
+    with _lock:
+        for item in outcomes:
+            f = item[0].future
+            if f is None or f._cond is not None or (f._state != _RUNNING and f._state != _PENDING):
+                rest.append(item)
+            elif item[2] is None:
+                f._result = item[1]
+                f._state = _FINISHED
+            else:
+                f._exception = item[2]
+                f._state = _FINISHED
+    return rest
+
+
 _DONE = frozenset((_base.CANCELLED, _base.CANCELLED_AND_NOTIFIED, _FINISHED))

@@ -131,6 +131,33 @@ def test_cancel_races_running():
         assert f.cancelled() == got["cancel"]
 
 
+def test_settle_fast_leaves_waited_on_cancelled_and_map_items_to_the_standard_path():
+    """settle_fast sets only futures no thread waits on and not yet done; it
+    hands back the rest, which then settle (or fail to) as the standard way."""
+    from types import SimpleNamespace
+
+    from pyexec._future import settle_fast
+
+    plain, running, waited, cancelled, done = (Future() for _ in range(5))
+    running.set_running_or_notify_cancel()
+    waited.add_done_callback(lambda f: None)  # makes its Condition
+    cancelled.cancel()
+    done.set_result("first")
+    boom = Boom("x")
+    items = [
+        (SimpleNamespace(future=plain), 1, None),
+        (SimpleNamespace(future=running), None, boom),
+        (SimpleNamespace(future=waited), 3, None),
+        (SimpleNamespace(future=cancelled), 4, None),
+        (SimpleNamespace(future=done), 5, None),
+        (SimpleNamespace(future=None), 6, None),
+    ]
+    rest = settle_fast(items)
+    assert [item[1] for item in rest] == [3, 4, 5, 6]
+    assert plain.result(timeout=0) == 1 and running.exception(timeout=0) is boom
+    assert not waited.done() and cancelled.cancelled() and done.result(timeout=0) == "first"
+
+
 # ---- result() read in the caller's thread ------------------------------------------
 
 
