@@ -1005,6 +1005,8 @@ class _Manager:
 
     def _backlog(self, limit: int) -> int:
         """Calls waiting in pending, counted up to limit (map items included)."""
+        if len(self.pending) >= limit:
+            return limit  # an entry is at least one call (an emptied map job is rare)
         n = 0
         # Under the lock submit appends under: iterating a deque another thread
         # appends to fails ("mutated during iteration"), snapshot or not (the

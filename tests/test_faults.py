@@ -328,10 +328,14 @@ def test_kill_while_large_call_half_written(ctx):
     ex = pyexec.ProcessPoolExecutor(1, mp_context=ctx)
     try:
         pid = _worker_pid(ex)
-        # Tiny calls teach the pool to keep several calls in the worker's window.
+        # Tiny calls teach the pool to keep two calls in the worker's window.
         assert list(ex.map(ff.noop, range(400))) == [None] * 400
+        # Nothing is queued behind a call that has run past WINDOW_PAIR, so
+        # the two go in while a short call runs, or together once it ends.
+        first = ex.submit(ff.sleep_then, 0.1)
         busy = ex.submit(ff.sleep_then, 30)
         big = ex.submit(ff.length, b"\0" * (32 * MiB))
+        assert first.result(timeout=30) is None
         deadline = time.monotonic() + 10
         while ex.stats().running < 2 and time.monotonic() < deadline:
             time.sleep(0.01)
