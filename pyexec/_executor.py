@@ -48,7 +48,7 @@ from . import _channel as ch
 from ._errors import BrokenProcessPool, TaskTerminated, TaskTimeout, WorkerDied, describe_exit
 from ._future import Future, settle_fast
 from ._launch import ProcessLauncher, Worker, ZygoteLauncher
-from ._worker import WorkerConfig, named_at
+from ._worker import WorkerConfig
 
 # Calls a worker may hold beyond the one it runs. The window adapts to how
 # long calls take: WINDOW_SECONDS of queued work per worker, between 1 and
@@ -251,33 +251,39 @@ def _drain_pending(pending: deque, lock: Any, ids: Iterator[int]) -> list[_Task]
             out.append(entry)
 
 
-# Pickles of functions that pickle by reference (their module and name), kept
-# for the next call: pickling a function by name imports its module and looks
-# the name up each time, the largest single cost of a tiny submit. An entry is
-# used only while the name still names that function, as pickle would check.
+# Pickles of module-level functions (which pickle by reference: module and
+# name), kept for the next call: pickling one imports its module and looks the
+# name up each time, the largest single cost of a tiny submit. An entry is used
+# only while the module's name still names that function, as pickle checks.
 # Bounded: a process that submits ever new functions only clears it more often.
-_fn_refs: dict[Callable, tuple[bytes, Any, list[str]]] = {}
+_fn_refs: dict[Callable, tuple[bytes, ModuleType, str]] = {}
 _FN_REFS_MAX = 256
+_BY_NAME = (FunctionType, BuiltinFunctionType)
 
 
 def _dump_call(fn: Callable, args: tuple, kwargs: dict) -> bytes:
     """The pickle of one call: (fn, args, kwargs), or (None, args, kwargs, fn's
-    pickle) for a plain function or a module's builtin, which pickle by name
-    (the worker resolves it the same way, see _worker._load_call)."""
-    cls = fn.__class__
-    if cls is FunctionType or (cls is BuiltinFunctionType and fn.__self__.__class__ is ModuleType):
-        entry = _fn_refs.get(fn)
-        if entry is None:
-            module = sys.modules.get(fn.__module__ or "")
-            path = fn.__qualname__.split(".")
-            if module is not None and named_at(module, path) is fn:
-                entry = (pickle.dumps(fn, pickle.HIGHEST_PROTOCOL), module, path)
-                if len(_fn_refs) >= _FN_REFS_MAX:
-                    _fn_refs.clear()
-                _fn_refs[fn] = entry
-        if entry is not None and named_at(entry[1], entry[2]) is fn:
+    pickle) for a function its module names (the worker resolves that name
+    the same way: _worker._load_call)."""
+    if fn.__class__ in _BY_NAME:
+        entry = _fn_refs.get(fn) or _fn_ref(fn)
+        if entry is not None and getattr(entry[1], entry[2], None) is fn:
             return pickle.dumps((None, args, kwargs, entry[0]), pickle.HIGHEST_PROTOCOL)
     return pickle.dumps((fn, args, kwargs), pickle.HIGHEST_PROTOCOL)
+
+
+def _fn_ref(fn: Callable) -> tuple[bytes, ModuleType, str] | None:
+    """Cache and return (pickle, module, name) of a function its module names
+    at top level; None for others (methods, nested or replaced functions)."""
+    name = fn.__qualname__
+    module = sys.modules.get(getattr(fn, "__module__", None) or "")
+    if module is None or "." in name or getattr(module, name, None) is not fn:
+        return None
+    entry = (pickle.dumps(fn, pickle.HIGHEST_PROTOCOL), module, name)
+    if len(_fn_refs) >= _FN_REFS_MAX:
+        _fn_refs.clear()
+    _fn_refs[fn] = entry
+    return entry
 
 
 def _process_chunk(fn: Callable, star: bool, chunk: tuple) -> list:

@@ -191,20 +191,10 @@ def _load_args(loads, data, tid: int):
         ) from exc
 
 
-def named_at(module: Any, path: list[str]) -> Any:
-    """What module.<path> names now (None if nothing): how unpickling finds a
-    function pickled by name, without the import. Both sides use it to keep a
-    function's pickle only while its name still names it."""
-    obj = module
-    for part in path:
-        obj = getattr(obj, part, None)
-    return obj
-
-
-# Functions pickled by name (see _executor._dump_call): their pickle -> where
-# their name points, looked up again per call as unpickling would, minus the
-# import and the pickle machinery.
-_fn_by_ref: dict[bytes, tuple[Any, list[str]]] = {}
+# Functions sent by name (see _executor._dump_call): their pickle -> (module,
+# name), looked up again per call as unpickling would, minus the import and
+# the pickle machinery.
+_fn_by_ref: dict[bytes, tuple[Any, str]] = {}
 _FN_REFS_MAX = 256
 
 
@@ -215,14 +205,14 @@ def _load_call(loads, data, tid: int) -> tuple:
         return call
     _, args, kwargs, ref = call
     where = _fn_by_ref.get(ref)
-    fn = None if where is None else named_at(*where)
+    fn = None if where is None else getattr(where[0], where[1], None)
     if fn is None:
         fn = _load_args(loads, ref, tid)
         module = sys.modules.get(getattr(fn, "__module__", None) or "")
         if module is not None:
             if len(_fn_by_ref) >= _FN_REFS_MAX:
                 _fn_by_ref.clear()
-            _fn_by_ref[ref] = (module, fn.__qualname__.split("."))
+            _fn_by_ref[ref] = (module, fn.__qualname__)
     return fn, args, kwargs
 
 
