@@ -1025,12 +1025,14 @@ class _Manager:
         return n
 
     def _room(self, w: Worker, now: float) -> int:
-        """How many more calls w may hold. None behind a head call that has run
-        longer than WINDOW_PAIR: the window was sized for short calls, and this
-        one may be long (a worker on its way, or one that frees up, takes them)."""
+        """How many more calls w may hold. None when it is over its memory limit
+        (it drains its window and exits), and none behind a head call that has
+        run longer than WINDOW_PAIR: the window was sized for short calls, and
+        this one may be long (a worker on its way, or one that frees up, takes
+        them)."""
         inflight = w.inflight
         if w.recycle or (inflight and now - w.mark > WINDOW_PAIR):
-            return 0  # over its memory limit: it drains its window and exits
+            return 0
         return self.window - len(inflight)
 
     def _has_room(self) -> bool:
