@@ -46,7 +46,7 @@ from typing import Any
 
 from . import _channel as ch
 from ._errors import BrokenProcessPool, TaskTerminated, TaskTimeout, WorkerDied, describe_exit
-from ._future import Future, settle_fast
+from ._future import Future, settle_fast, start_fast
 from ._launch import ProcessLauncher, Worker, ZygoteLauncher
 from ._worker import WorkerConfig
 
@@ -825,7 +825,7 @@ class _Manager:
                 if len(ready) != 1 or ready[0][0] != fd:
                     return  # time is up, or the manager has work
                 n = w.reader.read(fd)
-                settled += self._decode(w)
+                self._decode(w, settled)
                 if n == 0:
                     return  # end of file: the manager sees it too
         except ch.ChannelError as exc:
@@ -1065,6 +1065,7 @@ class _Manager:
                     room = min(room, w.quota)
                 idle = not inflight
                 push = w.writer.push
+                KIND_CALL = ch.KIND_CALL
                 sent = 0
                 while sent < room:
                     try:
@@ -1073,14 +1074,22 @@ class _Manager:
                         break
                     if task.__class__ is _MapJob:
                         sent += self._push_batch(w, task, room - sent)
-                    elif not task.start():
-                        continue  # cancelled while pending
                     elif task.job is None:
-                        report = ch.FLAG_STARTED if task.timeout is not None else 0
-                        push(ch.KIND_CALL, task.tid, task.payload, report)
-                        inflight.append(task)
-                        sent += 1
-                    else:  # a map item sent again after a restart
+                        # A run of submitted calls, marked running together.
+                        run = [task]
+                        while (
+                            len(run) < room - sent
+                            and pending
+                            and pending[0].__class__ is _Task
+                            and pending[0].job is None
+                        ):
+                            run.append(pending.popleft())
+                        for task in start_fast(run):  # cancelled ones are left out
+                            report = ch.FLAG_STARTED if task.timeout is not None else 0
+                            push(KIND_CALL, task.tid, task.payload, report)
+                            inflight.append(task)
+                            sent += 1
+                    elif task.start():  # a map item sent again after a restart
                         sent += self._push_batch(w, task.job, room - sent, [task])
                 if sent:
                     if idle:
@@ -1176,12 +1185,13 @@ class _Manager:
         """Read and settle what the worker sent. False at end of file."""
         reader = w.reader
         while True:
+            settled: list = []
+            malformed = None
             try:
                 n = reader.read(w.result_fd)
-                settled = self._decode(w)
+                self._decode(w, settled)
             except ch.ChannelError as exc:
-                self._protocol_error(w, str(exc))
-                return False
+                malformed = str(exc)
             if settled:
                 # Futures are settled with no lock held: callbacks run here.
                 self.dispatch_lock.release()
@@ -1191,6 +1201,9 @@ class _Manager:
                 finally:
                     self.dispatch_lock.acquire()
             del settled
+            if malformed is not None:
+                self._protocol_error(w, malformed)
+                return False
             if n == 0:
                 self._worker_died(w)
                 return False
@@ -1201,62 +1214,69 @@ class _Manager:
                 # the interpreter's switch interval.
                 return True
 
-    def _decode(self, w: Worker) -> list:
-        """Unpickle every complete frame now; settle later, outside any loop state."""
-        out = []
+    def _decode(self, w: Worker, out: list) -> None:
+        """Unpickle every complete frame now, appending (task, value, exception)
+        to out, to settle later outside any loop state. What was decoded before
+        a malformed frame (ChannelError) is in out all the same."""
         inflight = w.inflight
         loads = pickle.loads
         take = w.reader.take
         KIND_RESULT, KIND_ERROR, KIND_STARTED = ch.KIND_RESULT, ch.KIND_ERROR, ch.KIND_STARTED
-        k = 0
-        while True:
-            meta, view = take()
-            if not meta:
-                break
-            for i in range(0, len(meta), 4):
-                kind = meta[i] & 0xFF
-                tid = meta[i + 1]
-                off = meta[i + 2]
-                buf = view[off : off + meta[i + 3]]
-                if kind == KIND_RESULT or kind == KIND_ERROR:
-                    if not inflight or inflight[0].tid != tid:
-                        raise ch.ChannelError(0, f"result for call {tid}, which it does not hold")
-                    task = inflight.popleft()
-                    k += 1
-                    try:
-                        obj = loads(buf)
-                    except BaseException as err:
-                        what = "result" if kind == KIND_RESULT else "exception"
-                        exc = pickle.UnpicklingError(
-                            f"the {what} of call {tid} could not be unpickled: {err!r}"
-                        )
-                        exc.__cause__ = err
-                        out.append((task, None, exc))
-                        self.failed += 1
-                    else:
-                        if kind == KIND_RESULT:
-                            out.append((task, obj, None))
-                            self.completed += 1
-                        else:
-                            exc, tb = obj
-                            exc.__cause__ = _RemoteTraceback(f'\n"""\n{tb}"""')
+        FLAG_RECYCLE = ch.FLAG_RECYCLE
+        k = failed = 0
+        try:
+            while True:
+                meta, view = take()
+                if not meta:
+                    break
+                for i in range(0, len(meta), 4):
+                    kind = meta[i] & 0xFF
+                    tid = meta[i + 1]
+                    off = meta[i + 2]
+                    buf = view[off : off + meta[i + 3]]
+                    if kind == KIND_RESULT or kind == KIND_ERROR:
+                        if not inflight or inflight[0].tid != tid:
+                            raise ch.ChannelError(
+                                0, f"result for call {tid}, which it does not hold"
+                            )
+                        task = inflight.popleft()
+                        k += 1
+                        try:
+                            obj = loads(buf)
+                        except BaseException as err:
+                            what = "result" if kind == KIND_RESULT else "exception"
+                            exc = pickle.UnpicklingError(
+                                f"the {what} of call {tid} could not be unpickled: {err!r}"
+                            )
+                            exc.__cause__ = err
                             out.append((task, None, exc))
-                            self.failed += 1
-                    task.payload = None
-                    if meta[i] >> 8 & ch.FLAG_RECYCLE:
-                        w.recycle = True
-                elif kind == KIND_STARTED:
-                    if inflight and inflight[0].tid == tid:
-                        inflight[0].t0 = time.monotonic()
-                elif kind == ch.KIND_READY:
-                    w.ready = True
-                    w.mark = time.monotonic()  # the head call starts now
-                elif kind == ch.KIND_EXIT_ACK:
-                    w.acked = True
-                elif kind == ch.KIND_FATAL:
-                    w.fatal = str(loads(buf))
-                else:
-                    raise ch.ChannelError(0, f"unexpected frame kind {kind} from worker")
+                            failed += 1
+                        else:
+                            if kind == KIND_RESULT:
+                                out.append((task, obj, None))
+                            else:
+                                exc, tb = obj
+                                exc.__cause__ = _RemoteTraceback(f'\n"""\n{tb}"""')
+                                out.append((task, None, exc))
+                                failed += 1
+                        task.payload = None
+                        if meta[i] >> 8 & FLAG_RECYCLE:
+                            w.recycle = True
+                    elif kind == KIND_STARTED:
+                        if inflight and inflight[0].tid == tid:
+                            inflight[0].t0 = time.monotonic()
+                    elif kind == ch.KIND_READY:
+                        w.ready = True
+                        w.mark = time.monotonic()  # the head call starts now
+                    elif kind == ch.KIND_EXIT_ACK:
+                        w.acked = True
+                    elif kind == ch.KIND_FATAL:
+                        w.fatal = str(loads(buf))
+                    else:
+                        raise ch.ChannelError(0, f"unexpected frame kind {kind} from worker")
+        finally:
+            self.completed += k - failed
+            self.failed += failed
         if k:
             now = time.monotonic()
             if not inflight:
@@ -1273,7 +1293,6 @@ class _Manager:
             # per worker spreads them best.
             least = 2 if st < WINDOW_PAIR else 1
             self.window = max(least, min(WINDOW_MAX, per))
-        return out
 
     def _protocol_error(self, w: Worker, why: str) -> None:
         """A malformed stream: the worker counts as dead."""
@@ -1290,8 +1309,12 @@ class _Manager:
             try:
                 while True:  # read what it wrote before dying
                     n = w.reader.read(w.result_fd)
-                    for task, value, exc in self._decode(w):
-                        task.settle(value, exc)
+                    out: list = []
+                    try:
+                        self._decode(w, out)
+                    finally:
+                        for task, value, exc in out:
+                            task.settle(value, exc)
                     if n <= 0:
                         break
             except ch.ChannelError as exc:

@@ -130,6 +130,27 @@ class Future(_base.Future):
         super().set_exception(exception)
 
 
+def start_fast(tasks: list) -> list:
+    """Mark many calls running (the pool's tasks: .future, .started, .start());
+    return those that now run, in order. Futures no thread waits on are set
+    under one lock; the others go the standard way (task.start()), and a
+    cancelled one is left out."""
+    slow = False
+    with _lock:
+        for task in tasks:
+            if task.started:
+                continue
+            f = task.future
+            if f._cond is None and f._state == _PENDING:
+                f._state = _RUNNING
+                task.started = True
+            else:
+                slow = True
+    if not slow:
+        return tasks
+    return [task for task in tasks if task.started or task.start()]
+
+
 def settle_fast(outcomes: list) -> list:
     """Settle many calls' futures under one lock: outcomes are (task, value,
     exception) with task.future a Future. Those a thread already waits on (a

@@ -220,3 +220,26 @@ def test_thread_switch_at_every_step_of_the_manager():
                 assert [f.result(timeout=60) for f in futs] == list(range(5000))
     finally:
         sys.setswitchinterval(old)
+
+
+def test_results_before_a_malformed_frame_are_kept():
+    """A worker's stream holds a good result, then garbage: the good result is
+    handed out for settling (its future must not hang) before the error."""
+    import pickle
+    from collections import deque
+    from types import SimpleNamespace
+
+    from pyexec import _channel as ch
+    from pyexec._executor import _Manager
+
+    reader = ch.Decoder()
+    reader.feed(ch.encode(ch.KIND_RESULT, 7, pickle.dumps("seven")))
+    reader.feed(b"\xff" * ch.HEADER_SIZE)
+    first, second = SimpleNamespace(tid=7, payload=b"x"), SimpleNamespace(tid=8, payload=b"y")
+    w = SimpleNamespace(inflight=deque([first, second]), reader=reader, recycle=False, mark=0.0)
+    mgr = SimpleNamespace(completed=0, failed=0, service_time=0.0, window=1)
+    out: list = []
+    with pytest.raises(ch.ChannelError):
+        _Manager._decode(mgr, w, out)
+    assert out == [(first, "seven", None)]
+    assert mgr.completed == 1 and list(w.inflight) == [second]
