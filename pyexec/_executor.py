@@ -402,7 +402,8 @@ class ProcessPoolExecutor(Executor):
         return self._submit(fn, tuple(args), dict(kwargs or {}), timeout)
 
     def _submit(self, fn: Callable, args: tuple, kwargs: dict, timeout: float | None) -> Future:
-        self._check_owner()
+        if self._fork_generation != ch.fork_generation:
+            self._check_owner()  # raises
         future: Future = Future()
         failure: BaseException | None = None
         try:
@@ -412,7 +413,8 @@ class ProcessPoolExecutor(Executor):
         except BaseException as exc:  # that call alone fails, as in the stdlib
             payload, failure = b"", exc
         with self._lock:
-            self._check_accepting()
+            if self._broken or self._shutdown or _global_shutdown:
+                self._check_accepting()  # raises
             if failure is not None:
                 future.set_exception(failure)
                 return future
