@@ -159,6 +159,7 @@ class _Task:
             if self.job.cancelled:
                 return False
         elif not future.set_running_or_notify_cancel():
+            future._pyexec_task = None  # see settle
             return False
         self.started = True
         return True
@@ -180,6 +181,9 @@ class _Task:
                 future.set_exception(exc)
         except InvalidStateError:
             pass
+        # The future and its task refer to each other: break that cycle, so
+        # both go when the caller drops the future, without the collector.
+        future._pyexec_task = None
 
     def wait_here(self, end: float | None) -> None:
         """Wait for the result in the calling thread if the manager is idle (see
@@ -195,7 +199,10 @@ class _Task:
         if self.future is None:
             self.job.queue.put((self.index, None, CancelledError()))
             return True
-        return self.future.cancel()
+        if not self.future.cancel():
+            return False
+        self.future._pyexec_task = None  # see settle
+        return True
 
 
 class _MapJob:
@@ -597,6 +604,8 @@ class ProcessPoolExecutor(Executor):
             return True
         task = getattr(future, "_pyexec_task", None)
         if task is None:
+            if future.done():
+                return False  # settled meanwhile (which drops the task)
             raise ValueError("that future does not belong to a pyexec executor")
         with self._lock:
             mgr = self._mgr

@@ -91,10 +91,10 @@ class Future(_base.Future):
         if self._state == _FINISHED:
             if self._exception is None:
                 return self._result
-        elif self._pyexec_task is not None:
+        elif (task := self._pyexec_task) is not None:  # cleared once settled
             # The pool may let this thread read the result itself: no hop.
             end = None if timeout is None else monotonic() + timeout
-            self._pyexec_task.wait_here(end)
+            task.wait_here(end)
             if self._state == _FINISHED and self._exception is None:
                 return self._result
             if end is not None:
@@ -162,12 +162,13 @@ def settle_fast(outcomes: list) -> list:
             f = item[0].future
             if f is None or f._cond is not None or (f._state != _RUNNING and f._state != _PENDING):
                 rest.append(item)
-            elif item[2] is None:
-                f._result = item[1]
-                f._state = _FINISHED
             else:
-                f._exception = item[2]
+                if item[2] is None:
+                    f._result = item[1]
+                else:
+                    f._exception = item[2]
                 f._state = _FINISHED
+                f._pyexec_task = None  # breaks the future <-> task cycle
     return rest
 
 

@@ -310,3 +310,38 @@ def test_worker_resolves_the_name_each_call(ctx):
 
     got = side_by_side(scenario)
     assert got["pyexec"] == got["stdlib"] == (True, -1)
+
+
+@pytest.mark.timeout(60)
+def test_settled_future_goes_without_the_collector(ctx):
+    """A future and the pool's record of its call refer to each other until it
+    settles; then the cycle is broken, so dropping the future frees both at once
+    (with the collector off), for plain results, errors and cancelled calls."""
+    import gc
+    import weakref
+
+    def freed(ref) -> bool:
+        deadline = time.monotonic() + 5  # the manager may hold it for a moment
+        while ref() is not None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return ref() is None
+
+    with pyexec.ProcessPoolExecutor(1, mp_context=ctx) as ex:
+        ex.submit(ident, 0).result(timeout=30)
+        gc.disable()
+        try:
+            f = ex.submit(ident, 1)
+            assert f.result(timeout=30) == 1
+            ok = weakref.ref(f)
+            f = ex.submit(api_funcs.raise_custom, "x")
+            assert isinstance(f.exception(timeout=30), api_funcs.CustomError)
+            err = weakref.ref(f)
+            slow = ex.submit(sleep_then, 0.3)
+            f = ex.submit(ident, 2)
+            assert f.cancel()
+            cancelled = weakref.ref(f)
+            slow.result(timeout=30)
+            del f
+            assert freed(ok) and freed(err) and freed(cancelled)
+        finally:
+            gc.enable()
