@@ -617,7 +617,7 @@ class ProcessPoolExecutor(Executor):
     def stats(self) -> PoolStats:
         """A cheap snapshot of the counters, for monitoring."""
         mgr = self._mgr
-        with self._lock:  # see _Manager._backlog
+        with self._lock:  # no append meanwhile: iterating the deque would fail
             pending = sum(len(e.items) if e.__class__ is _MapJob else 1 for e in self._pending)
         if mgr is None:
             return PoolStats(0, 0, 0, pending, 0, 0, 0)
@@ -1022,18 +1022,24 @@ class _Manager:
 
     def _backlog(self, limit: int) -> int:
         """Calls waiting in pending, counted up to limit (map items included)."""
-        if len(self.pending) >= limit:
+        pending = self.pending
+        n = len(pending)
+        if n >= limit:
             return limit  # an entry is at least one call (an emptied map job is rare)
-        n = 0
-        # Under the lock submit appends under: iterating a deque another thread
-        # appends to fails ("mutated during iteration"), snapshot or not (the
-        # collector may run Python code, and switch threads, in the middle).
-        with self.lock:
-            for entry in self.pending:
-                n += len(entry.items) if entry.__class__ is _MapJob else 1
-                if n >= limit:
+        # By index, not by iterator: submit appends from other threads, which an
+        # iterator reports as an error (and a lock here would stall submit).
+        # Only this thread pops, but for shutdown's cancel: an entry gone
+        # meanwhile ends the count early, which this estimate tolerates.
+        count = 0
+        try:
+            for i in range(n):
+                entry = pending[i]
+                count += len(entry.items) if entry.__class__ is _MapJob else 1
+                if count >= limit:
                     return limit
-        return n
+        except IndexError:
+            pass
+        return count
 
     def _room(self, w: Worker, now: float) -> int:
         """How many more calls w may hold. None when it is over its memory limit
