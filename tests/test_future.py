@@ -336,7 +336,8 @@ def test_settled_future_goes_without_the_collector(ctx):
             f = ex.submit(api_funcs.raise_custom, "x")
             assert isinstance(f.exception(timeout=30), api_funcs.CustomError)
             err = weakref.ref(f)
-            slow = ex.submit(sleep_then, 0.3)
+            slow = ex.submit(sleep_then, 1.0)
+            time.sleep(0.3)  # past WINDOW_PAIR: nothing more is queued behind it
             f = ex.submit(ident, 2)
             assert f.cancel()
             cancelled = weakref.ref(f)
