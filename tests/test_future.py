@@ -83,6 +83,19 @@ def test_it_is_a_concurrent_futures_future():
 
 
 @pytest.mark.timeout(60)
+def test_submit_returns_a_future_by_name_and_type():
+    """submit's future (which is also the pool's record of the call) looks like
+    the standard one to a caller: isinstance, class name, repr."""
+    with pyexec.ProcessPoolExecutor(1) as ex:
+        f = ex.submit(ident, 1)
+        assert f.result(timeout=30) == 1
+        assert isinstance(f, cf.Future) and type(f).__name__ == "Future"
+        assert re.fullmatch(r"<Future at 0x[0-9a-f]+ state=finished returned int>", repr(f))
+        bad = ex.submit(ident, lambda: None)  # cannot be pickled: fails alone
+        assert type(bad).__name__ == "Future" and bad.exception(timeout=30) is not None
+
+
+@pytest.mark.timeout(60)
 def test_settling_races_waiters_and_callbacks():
     """A thread settles while others wait, call wait/as_completed or add a callback:
     every waiter wakes and every callback runs once, however the race falls."""
