@@ -399,7 +399,6 @@ def test_memory_recycle(ctx):
         stats = ex.stats()
     assert [r[0] for i, r in enumerate(results) if i % 5] == [i for i in range(50) if i % 5]
     assert all(r[1] > limit for i, r in enumerate(results) if i % 5 == 0)
-    assert len({r[1] for i, r in enumerate(results) if i % 5}) >= 2
     assert stats.workers_replaced >= 1
     assert (stats.completed, stats.failed) == (50, 0)
 
