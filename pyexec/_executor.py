@@ -293,6 +293,13 @@ def _fn_ref(fn: Callable) -> tuple[bytes, ModuleType, str] | None:
     return entry
 
 
+def _settle_all(outcomes: list) -> None:
+    """Settle (task, value, exception) outcomes: the futures no thread waits on
+    under one lock (settle_fast), the others one by one."""
+    for task, value, exc in settle_fast(outcomes):
+        task.settle(value, exc)
+
+
 def _process_chunk(fn: Callable, star: bool, chunk: tuple) -> list:
     """Run fn over one chunk of map's items (in the worker)."""
     return list(itertools.starmap(fn, chunk) if star else map(fn, chunk))
@@ -817,8 +824,7 @@ class _Manager:
                 self._read_for(task, w, end, settled)
         finally:
             self.dispatch_lock.release()
-            for t, value, exc in settle_fast(settled):
-                t.settle(value, exc)
+            _settle_all(settled)
 
     def _read_for(self, task: _Task, w: Worker, end: float | None, settled: list) -> None:
         """help's wait: read w's results until task's is among them (dispatch_lock held)."""
@@ -1213,8 +1219,7 @@ class _Manager:
                 # Futures are settled with no lock held: callbacks run here.
                 self.dispatch_lock.release()
                 try:
-                    for task, value, exc in settle_fast(settled):
-                        task.settle(value, exc)
+                    _settle_all(settled)
                 finally:
                     self.dispatch_lock.acquire()
             del settled
@@ -1330,8 +1335,7 @@ class _Manager:
                     try:
                         self._decode(w, out)
                     finally:
-                        for task, value, exc in out:
-                            task.settle(value, exc)
+                        _settle_all(out)
                     if n <= 0:
                         break
             except ch.ChannelError as exc:

@@ -60,25 +60,16 @@ class Future(_base.Future):
                     cond = self._cond = threading.Condition()
         return cond
 
+    # Read-only: the standard class assigns them only in __init__ (3.10-3.13).
     @property
     def _waiters(self) -> list:
         self._condition  # noqa: B018 - made with the Condition
         return self._list
 
-    @_waiters.setter
-    def _waiters(self, value: list) -> None:
-        self._condition  # noqa: B018
-        self._list = value
-
     @property
     def _done_callbacks(self) -> list:
         self._condition  # noqa: B018 - made with the Condition
         return self._callbacks
-
-    @_done_callbacks.setter
-    def _done_callbacks(self, value: list) -> None:
-        self._condition  # noqa: B018
-        self._callbacks = value
 
     # ---- reads: a finished future needs no lock (its fields no longer change)
 
@@ -111,23 +102,9 @@ class Future(_base.Future):
                 return True
         return super().set_running_or_notify_cancel()
 
-    def set_result(self, result: Any) -> None:
-        """As the standard method; without a Condition, no one waits: plain stores."""
-        with _lock:
-            if self._cond is None and (self._state == _RUNNING or self._state == _PENDING):
-                self._result = result
-                self._state = _FINISHED
-                return
-        super().set_result(result)
-
-    def set_exception(self, exception: BaseException | None) -> None:
-        """As the standard method; without a Condition, no one waits: plain stores."""
-        with _lock:
-            if self._cond is None and (self._state == _RUNNING or self._state == _PENDING):
-                self._exception = exception
-                self._state = _FINISHED
-                return
-        super().set_exception(exception)
+    # set_result and set_exception are the standard ones: the pool settles
+    # through settle_fast, which makes the same plain stores for many futures
+    # under one lock; the rare rest (failures, breaks) can afford a Condition.
 
 
 def start_fast(tasks: list) -> list:
