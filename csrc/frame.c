@@ -208,6 +208,14 @@ int px_decoder_next_many(px_decoder *d, uint64_t *out, int max, const char **bas
     return n;
 }
 
+int px_decoder_read_many(px_decoder *d, int fd, uint64_t *out, int max,
+                         const char **base, int64_t status[2]) {
+    status[0] = fd >= 0 ? px_decoder_read(d, fd) : -EAGAIN;
+    int n = px_decoder_next_many(d, out, max, base);
+    status[1] = d->error;
+    return n;
+}
+
 uint64_t px_decoder_buffered(const px_decoder *d) {
     return d->end - d->start;
 }
@@ -247,4 +255,10 @@ int64_t px_writev(int fd, const px_iov *iov, int n) {
         }
     }
     return total;
+}
+
+int64_t px_write(int fd, const char *buf, uint64_t len) {
+    px_iov one = {buf, (size_t)len};
+    if (len > (uint64_t)SSIZE_MAX) return -EINVAL;
+    return px_writev(fd, &one, 1);
 }

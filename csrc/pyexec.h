@@ -30,7 +30,7 @@
 /* CDEF BEGIN */
 
 /* Bumped whenever a declaration below changes meaning. Checked at import. */
-#define PX_CORE_ABI 1
+#define PX_CORE_ABI 2
 
 /* ---- frames ---------------------------------------------------------- */
 
@@ -136,6 +136,16 @@ int px_decoder_next(px_decoder *d, px_frame *out);
  * instead of one per frame: the per-call cost is what a tiny task pays. */
 int px_decoder_next_many(px_decoder *d, uint64_t *out, int max, const char **base);
 
+/* px_decoder_read(d, fd) (none when fd < 0), then px_decoder_next_many: one
+ * call where a reader needs two. Each call from Python releases the GIL and
+ * takes it back, and while another thread wants it that round trip costs far
+ * more than the call. status[0] gets the read's result (-EAGAIN when fd < 0);
+ * status[1] the sticky error after the take, or 0: so the caller knows
+ * without one more call that the frames it got were followed by a malformed
+ * one. Returns what px_decoder_next_many returns. */
+int px_decoder_read_many(px_decoder *d, int fd, uint64_t *out, int max,
+                         const char **base, int64_t status[2]);
+
 /* Bytes held that do not yet make a whole frame (non-zero at end of file
  * means the peer stopped mid-frame). */
 uint64_t px_decoder_buffered(const px_decoder *d);
@@ -159,6 +169,9 @@ typedef struct {
  * when none fit. Returns -EINVAL for n outside 1..PX_IOV_MAX, another -errno
  * on failure (-EPIPE when the reader is gone). */
 int64_t px_writev(int fd, const px_iov *iov, int n);
+
+/* px_writev of one buffer: one small frame written without an iovec to fill. */
+int64_t px_write(int fd, const char *buf, uint64_t len);
 
 /* ---- pipes ------------------------------------------------------------ */
 

@@ -33,7 +33,7 @@ except ImportError as exc:  # pragma: no cover - exercised by a test in a subpro
     ) from exc
 
 # The ABI this Python code was written against (PX_CORE_ABI in csrc/pyexec.h).
-CORE_ABI = 1
+CORE_ABI = 2
 
 
 def _check_stamp() -> None:
@@ -175,7 +175,7 @@ BATCH = 256
 class Decoder:
     """An incremental frame decoder: bytes in (from an fd or fed), frames out."""
 
-    __slots__ = ("_base", "_d", "_meta")
+    __slots__ = ("_base", "_d", "_meta", "_status", "failed")
 
     def __init__(self, max_payload: int = MAX_PAYLOAD) -> None:
         out = ffi.new("px_decoder **")
@@ -183,6 +183,10 @@ class Decoder:
         self._d = ffi.gc(out[0], lib.px_decoder_free)
         self._meta = ffi.new("uint64_t[]", 4 * BATCH)
         self._base = ffi.new("char **")
+        self._status = ffi.new("int64_t[2]")
+        # True when the frames just taken were followed by a malformed one:
+        # the next take raises.
+        self.failed = False
 
     def feed(self, data: bytes) -> None:
         """Append bytes."""
@@ -203,16 +207,36 @@ class Decoder:
                 continue
             self._raise_for(n)
 
+    def read_frames(self, fd: int) -> tuple[int, list[int], memoryview | None]:
+        """read, then take, in one call into the core: (what read returns,
+        then take's two values). When take's list holds BATCH frames or
+        ``failed`` is set, call take before reading again."""
+        while True:
+            n = lib.px_decoder_read_many(self._d, fd, self._meta, BATCH, self._base, self._status)
+            nread = self._status[0]
+            if nread < 0:
+                if nread == -errno.EINTR and n == 0:
+                    continue  # Python has run its signal handlers: read again
+                if nread != -errno.EAGAIN and nread != -errno.EINTR:
+                    self._raise_for(nread)
+                nread = -1
+            return (nread, *self._frames(n))
+
     def take(self) -> tuple[list[int], memoryview | None]:
         """Up to BATCH complete frames: a flat list (kind | flags << 8, id,
         offset, length per frame) and a view of the buffer the offsets point
         into. The view is valid until the next read or feed: slice it, use the
         slices, drop them. ([], None) when no frame is complete.
         """
-        n = lib.px_decoder_next_many(self._d, self._meta, BATCH, self._base)
+        return self._frames(
+            lib.px_decoder_read_many(self._d, -1, self._meta, BATCH, self._base, self._status)
+        )
+
+    def _frames(self, n: int) -> tuple[list[int], memoryview | None]:
+        """What take returns, for n frames left in _meta by the core (or its error)."""
+        self.failed = self._status[1] != 0
         if n <= 0:
-            if n < 0:
-                self._raise_for(n)
+            self._raise_for(n)
             return [], None
         meta = ffi.unpack(self._meta, 4 * n)
         end = meta[-2] + meta[-1]
@@ -289,6 +313,23 @@ class Writer:
             self._segs.append(self._tail)
             self._segs.append(payload)
             self._tail = bytearray()
+
+    def send(self, kind: int, tid: int, payload: bytes = b"", flags: int = 0) -> bool:
+        """push, then flush: one small frame behind nothing queued is written
+        at once, as one buffer. True when everything queued is written."""
+        n = len(payload)
+        if n >= BIG_PAYLOAD or self._segs or self._tail:
+            self.push(kind, tid, payload, flags)
+            return self.flush()
+        frame = HEADER.pack(MAGIC, kind, flags, 0, tid, n) + payload
+        rc = lib.px_write(self._fd, frame, len(frame))
+        if rc == len(frame):
+            return True
+        if rc == -errno.EAGAIN:
+            rc = 0
+        check(rc)
+        self._tail = bytearray(frame[rc:])  # the pipe is full: the rest waits
+        return False
 
     @property
     def pending(self) -> bool:

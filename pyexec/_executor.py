@@ -781,14 +781,13 @@ class _Manager:
             ):
                 if not task.start():
                     return True
-                w.writer.push(ch.KIND_CALL, task.tid, task.payload)
                 w.inflight.append(task)
                 task.where = (self, w)
                 w.mark = time.monotonic()
                 if w.quota is not None:
                     w.quota -= 1
                 try:
-                    done = w.writer.flush()
+                    done = w.writer.send(ch.KIND_CALL, task.tid, task.payload)
                 except OSError:
                     done = False  # the worker is gone: the manager will see it
                 if not done or w.quota == 0:
@@ -841,8 +840,8 @@ class _Manager:
                 ready = poll.poll(ms)
                 if len(ready) != 1 or ready[0][0] != fd:
                     return  # time is up, or the manager has work
-                n = w.reader.read(fd)
-                self._decode(w, settled)
+                n, meta, view = w.reader.read_frames(fd)
+                self._decode(w, settled, meta, view)
                 if n == 0:
                     return  # end of file: the manager sees it too
         except ch.ChannelError as exc:
@@ -1211,8 +1210,8 @@ class _Manager:
             settled: list = []
             malformed = None
             try:
-                n = reader.read(w.result_fd)
-                self._decode(w, settled)
+                n, meta, view = reader.read_frames(w.result_fd)
+                self._decode(w, settled, meta, view)
             except ch.ChannelError as exc:
                 malformed = str(exc)
             if settled:
@@ -1236,26 +1235,22 @@ class _Manager:
                 # the interpreter's switch interval.
                 return True
 
-    def _decode(self, w: Worker, out: list) -> None:
-        """Unpickle every complete frame now, appending (task, value, exception)
-        to out, to settle later outside any loop state. What was decoded before
-        a malformed frame (ChannelError) is in out all the same."""
+    def _decode(self, w: Worker, out: list, meta: list, view: Any) -> None:
+        """Unpickle every complete frame now, those of (meta, view) that a read
+        took first (see Decoder.read_frames), appending (task, value,
+        exception) to out, to settle later outside any loop state. What was
+        decoded before a malformed frame (ChannelError) is in out all the same."""
         inflight = w.inflight
         loads = pickle.loads
-        take = w.reader.take
         KIND_RESULT, KIND_ERROR, KIND_STARTED = ch.KIND_RESULT, ch.KIND_ERROR, ch.KIND_STARTED
         FLAG_RECYCLE = ch.FLAG_RECYCLE
         k = failed = 0
         try:
-            while True:
-                meta, view = take()
-                if not meta:
-                    break
-                for i in range(0, len(meta), 4):
-                    kind = meta[i] & 0xFF
-                    tid = meta[i + 1]
-                    off = meta[i + 2]
-                    buf = view[off : off + meta[i + 3]]
+            while meta:
+                it = iter(meta)
+                for word, tid, off, size in zip(it, it, it, it, strict=True):
+                    kind = word & 0xFF
+                    buf = view[off : off + size]
                     if kind == KIND_RESULT or kind == KIND_ERROR:
                         if not inflight or inflight[0].tid != tid:
                             raise ch.ChannelError(
@@ -1282,7 +1277,7 @@ class _Manager:
                                 out.append((task, None, exc))
                                 failed += 1
                         task.payload = None
-                        if meta[i] >> 8 & FLAG_RECYCLE:
+                        if word >> 8 & FLAG_RECYCLE:
                             w.recycle = True
                     elif kind == KIND_STARTED:
                         if inflight and inflight[0].tid == tid:
@@ -1296,6 +1291,9 @@ class _Manager:
                         w.fatal = str(loads(buf))
                     else:
                         raise ch.ChannelError(0, f"unexpected frame kind {kind} from worker")
+                if len(meta) < 4 * ch.BATCH and not w.reader.failed:
+                    break  # the core had no more complete frames
+                meta, view = w.reader.take()  # more, or the malformed one's error
         finally:
             self.completed += k - failed
             self.failed += failed
@@ -1330,10 +1328,10 @@ class _Manager:
         if w.fatal is None:
             try:
                 while True:  # read what it wrote before dying
-                    n = w.reader.read(w.result_fd)
+                    n, meta, view = w.reader.read_frames(w.result_fd)
                     out: list = []
                     try:
-                        self._decode(w, out)
+                        self._decode(w, out, meta, view)
                     finally:
                         _settle_all(out)
                     if n <= 0:

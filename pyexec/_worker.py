@@ -121,22 +121,22 @@ def main(call: InheritFd, result: InheritFd, config: WorkerConfig) -> None:
 def _loop(call_fd: int, out: ch.Writer, max_memory: int | None) -> None:
     dec = ch.Decoder()
     loads, dumps, proto = pickle.loads, pickle.dumps, pickle.HIGHEST_PROTOCOL
-    push, flush = out.push, out.flush
-    take = dec.take
+    take, read_frames = dec.take, dec.read_frames
     rss = ch.rss
     while True:
-        if dec.read(call_fd) == 0:
+        n, meta, view = read_frames(call_fd)
+        if n == 0:
             os._exit(0)  # the parent is gone
-        while True:
-            meta, view = take()
-            if not meta:
-                break
-            if _run_frames(meta, view, push, flush, loads, dumps, proto, rss, max_memory):
+        while meta:
+            if _run_frames(meta, view, out, loads, dumps, proto, rss, max_memory):
                 return
-        flush()
+            if len(meta) < 4 * ch.BATCH and not dec.failed:
+                break  # no more complete frames
+            meta, view = take()  # more, or the malformed one's error
+        out.flush()
 
 
-def _run_frames(meta, view, push, flush, loads, dumps, proto, rss, max_memory) -> bool:
+def _run_frames(meta, view, out, loads, dumps, proto, rss, max_memory) -> bool:
     """Run every call of one batch of frames; True when an exit frame came.
 
     Each call's result is written at once: a result held back would die with
@@ -144,14 +144,14 @@ def _run_frames(meta, view, push, flush, loads, dumps, proto, rss, max_memory) -
     wrong call. Only map batches flagged HOLD may hold results back.
     """
     KIND_CALL, KIND_BATCH = ch.KIND_CALL, ch.KIND_BATCH
-    for i in range(0, len(meta), 4):
-        kind = meta[i] & 0xFF
-        tid = meta[i + 1]
+    send = out.send
+    it = iter(meta)
+    for word, tid, off, size in zip(it, it, it, it, strict=True):
+        kind = word & 0xFF
         if kind == KIND_CALL:
-            buf = view[meta[i + 2] : meta[i + 2] + meta[i + 3]]
-            if meta[i] >> 8 & ch.FLAG_STARTED:
-                push(ch.KIND_STARTED, tid)
-                flush()
+            buf = view[off : off + size]
+            if word >> 8 & ch.FLAG_STARTED:
+                send(ch.KIND_STARTED, tid)
             try:
                 fn, args, kwargs = _load_call(loads, buf, tid)
                 r = fn(*args, **kwargs)
@@ -163,17 +163,14 @@ def _run_frames(meta, view, push, flush, loads, dumps, proto, rss, max_memory) -
                 payload, rkind = _dumps_result(r, dumps, proto)
                 del r
             flags = ch.FLAG_RECYCLE if max_memory is not None and rss() > max_memory else 0
-            push(rkind, tid, payload, flags)
+            send(rkind, tid, payload, flags)
             del payload
-            flush()
         elif kind == KIND_BATCH:
-            buf = view[meta[i + 2] : meta[i + 2] + meta[i + 3]]
-            flags = meta[i] >> 8
-            _run_batch(loads(buf), flags, push, flush, dumps, proto, rss, max_memory)
+            buf = view[off : off + size]
+            _run_batch(loads(buf), word >> 8, out.push, out.flush, dumps, proto, rss, max_memory)
             del buf
         elif kind == ch.KIND_EXIT:
-            push(ch.KIND_EXIT_ACK, tid)
-            flush()
+            send(ch.KIND_EXIT_ACK, tid)
             return True
         else:
             raise ch.ChannelError(0, f"unexpected frame kind {kind} from the parent")

@@ -246,6 +246,71 @@ def test_take_hands_out_frames_before_garbage_then_raises():
         assert "kind" in str(info.value)
 
 
+def test_failed_flag_says_an_error_follows_the_frames_taken():
+    """take() sets ``failed`` when the frames it returned stand before a bad
+    header: a reader that stops at a short batch still learns of the error
+    (the manager would otherwise wait for a read that never comes)."""
+    dec = Decoder()
+    dec.feed(encode(ch.KIND_RESULT, 1, b"a"))
+    assert dec.take()[0] and dec.failed is False
+    dec.feed(encode(ch.KIND_RESULT, 2, b"b") + b"\xff" * ch.HEADER_SIZE)
+    meta, _view = dec.take()
+    assert meta[1] == 2 and len(meta) == 4
+    assert dec.failed is True
+    with pytest.raises(ChannelError):
+        dec.take()
+
+
+def test_read_frames_reads_then_takes():
+    """read_frames: what read returns (-1 empty, bytes, 0 at end of file) and
+    the frames take would return, from one call into the core."""
+    r, w = ch.make_pipe(True, False)
+    try:
+        dec = Decoder()
+        assert dec.read_frames(r) == (-1, [], None)
+        frames = [(ch.KIND_RESULT, i % 2, i, payload(50, i)) for i in range(ch.BATCH + 3)]
+        data = stream(frames)
+        os.write(w, data)
+        n, meta, view = dec.read_frames(r)
+        assert n == len(data) and len(meta) == 4 * ch.BATCH and not dec.failed
+        got = [
+            (kf & 0xFF, kf >> 8, tid, bytes(view[off : off + size]))
+            for kf, tid, off, size in zip(*[iter(meta)] * 4, strict=True)
+        ]
+        del view
+        assert got + take_all(dec) == frames  # a full batch: the rest by take
+        os.close(w)
+        w = None
+        assert dec.read_frames(r) == (0, [], None)
+    finally:
+        os.close(r)
+        if w is not None:
+            os.close(w)
+
+
+def test_read_frames_raises_on_garbage_and_bad_fd():
+    """Garbage read by read_frames raises (and stays raised); a failed read(2)
+    raises its errno and leaves the decoder usable, as read does."""
+    dec = Decoder()
+    fd = os.open("/", os.O_RDONLY)  # read(2) fails: EISDIR
+    try:
+        with pytest.raises(OSError) as info:
+            dec.read_frames(fd)
+        assert info.value.errno == errno.EISDIR and dec.error == ""
+    finally:
+        os.close(fd)
+    r, w = ch.make_pipe(True, False)
+    try:
+        os.write(w, b"\xff" * ch.HEADER_SIZE)
+        for _ in range(2):
+            with pytest.raises(ChannelError) as info:
+                dec.read_frames(r)
+            assert info.value.errno == errno.EBADMSG
+    finally:
+        os.close(r)
+        os.close(w)
+
+
 def test_error_is_sticky():
     """After an error, feeds, reads and takes all fail the same and change nothing."""
     dec = Decoder()
@@ -525,6 +590,71 @@ def test_writer_epipe_when_reader_closed():
             wr.flush()
         assert info.value.errno == errno.EPIPE
     finally:
+        os.close(w)
+
+
+def test_writer_send_writes_a_small_frame_at_once(monkeypatch):
+    """send() of a small frame behind nothing queued: one write, no writev;
+    behind queued bytes, or a big payload, it pushes and flushes in order."""
+    spy = _CountingLib(lib)
+    monkeypatch.setattr(ch, "lib", spy)
+    r, w = os.pipe()
+    reader_out: list = []
+    big = os.urandom(ch.BIG_PAYLOAD)
+    t = threading.Thread(target=lambda: reader_out.extend(read_frames(r, 4)))
+    t.start()
+    try:
+        wr = Writer(w)
+        assert wr.send(ch.KIND_RESULT, 1, b"one", ch.FLAG_RECYCLE) is True
+        assert spy.calls == [] and not wr.pending
+        wr.push(ch.KIND_RESULT, 2, b"two")
+        assert wr.send(ch.KIND_RESULT, 3, b"three") is True  # after the queued one
+        assert wr.send(ch.KIND_RESULT, 4, big) is True
+        assert len(spy.calls) == 2 and not wr.pending
+    finally:
+        t.join()
+        os.close(r)
+        os.close(w)
+    assert reader_out == [
+        (ch.KIND_RESULT, ch.FLAG_RECYCLE, 1, b"one"),
+        (ch.KIND_RESULT, 0, 2, b"two"),
+        (ch.KIND_RESULT, 0, 3, b"three"),
+        (ch.KIND_RESULT, 0, 4, big),
+    ]
+
+
+def test_writer_send_to_a_full_pipe_keeps_the_rest():
+    """send() into a full non-blocking pipe (or one with room for part of the
+    frame): False, the rest queued, and flush completes it once the reader
+    drains."""
+    r, w = ch.make_pipe(True, True)
+    try:
+        filled = 0
+        while True:
+            try:
+                filled += os.write(w, b"f" * 4096)
+            except BlockingIOError:
+                break
+        out = bytearray(os.read(r, 8192))  # room for part of the frame
+        wr = Writer(w)
+        frame = payload(30_000, 3)
+        assert wr.send(ch.KIND_RESULT, 9, frame) is False
+        assert wr.pending
+
+        def drain_pipe() -> None:
+            while True:
+                try:
+                    out.extend(os.read(r, 1 << 16))
+                except BlockingIOError:
+                    return
+
+        drain_pipe()
+        assert wr.flush() is True and not wr.pending
+        drain_pipe()
+        assert out[:filled] == b"f" * filled
+        assert bytes(out[filled:]) == encode(ch.KIND_RESULT, 9, frame)
+    finally:
+        os.close(r)
         os.close(w)
 
 

@@ -240,6 +240,6 @@ def test_results_before_a_malformed_frame_are_kept():
     mgr = SimpleNamespace(completed=0, failed=0, service_time=0.0, window=1)
     out: list = []
     with pytest.raises(ch.ChannelError):
-        _Manager._decode(mgr, w, out)
+        _Manager._decode(mgr, w, out, *reader.take())
     assert out == [(first, "seven", None)]
     assert mgr.completed == 1 and list(w.inflight) == [second]

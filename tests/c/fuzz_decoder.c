@@ -8,7 +8,8 @@
  *   byte 1      picks how the rest is cut into chunks: sizes and whether a
  *               chunk is fed (px_decoder_feed) or written to a pipe and read
  *               (px_decoder_read), when frames are drained, and whether by
- *               px_decoder_next or px_decoder_next_many (max 1, 3 or 64);
+ *               px_decoder_next or px_decoder_next_many (max 1, 3 or 64;
+ *               every other such take through px_decoder_read_many);
  *               each chunk's size also mixes in the input byte where it
  *               starts;
  *   bytes 2..   the stream.
@@ -169,6 +170,8 @@ typedef struct {
     const fz_ref *ref;
     uint64_t limit;
     int many;           /* 0: px_decoder_next; else px_decoder_next_many's max */
+    int takes;          /* calls that took frames by many: every other one
+                           goes through px_decoder_read_many (no read) */
 } fz_run;
 
 static void fz_check_sticky(fz_run *r, int rc) {
@@ -226,7 +229,21 @@ static void fz_drain(fz_run *r) {
         } else {
             uint64_t meta[4 * FZ_MANY_MAX];
             const char *base = NULL;
-            n = px_decoder_next_many(r->d, meta, r->many, &base);
+            int64_t status[2] = {1, 1};
+            int via_read_many = r->takes++ & 1;
+            if (via_read_many) {
+                n = px_decoder_read_many(r->d, -1, meta, r->many, &base, status);
+                /* No read asked; status[1] is the sticky error after the take:
+                 * the call's own when it failed, else the reference's once
+                 * every good frame is out and its bad header was fed. */
+                FZ_CHECK(status[0] == -EAGAIN);
+                if (n < 0) FZ_CHECK(status[1] == n);
+                else if (status[1] != 0)
+                    FZ_CHECK(status[1] == r->ref->err && r->got + n == r->ref->n &&
+                             r->fed >= r->ref->err_at);
+            } else {
+                n = px_decoder_next_many(r->d, meta, r->many, &base);
+            }
             FZ_CHECK(n <= r->many);
             if (n > 0) FZ_CHECK(base == r->d->buf);
             for (int i = 0; i < n; i++) {
@@ -307,7 +324,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     FZ_CHECK(px_decoder_new(&d, limit) == 0);
     /* Mode bits 6-7: px_decoder_next, or px_decoder_next_many by 1, 3, 64. */
     static const int manys[] = {0, 1, 3, FZ_MANY_MAX};
-    fz_run r = {d, s, 0, 0, 0, "", 0, &ref, limit, manys[(mode >> 6) & 3]};
+    fz_run r = {d, s, 0, 0, 0, "", 0, &ref, limit, manys[(mode >> 6) & 3], 0};
 
     /* Chunk sizes: up to 8, 64, 4096 bytes, or everything at once. */
     static const size_t maxes[] = {8, 64, FZ_PIPE_CHUNK, (size_t)-1};
