@@ -1304,8 +1304,14 @@ class _Manager:
             sample = (now - w.mark) / k
             w.mark = now
             st = self.service_time
-            st = sample if st == 0.0 else st + 0.2 * (sample - st)
-            self.service_time = st
+            # A worker that still holds calls was busy since the mark. One
+            # whose window ran dry may have idled meanwhile (the manager was
+            # late to refill it): its sample overstates the calls, and would
+            # shrink the window and starve the worker further. Such a sample
+            # may only lower the estimate.
+            if st == 0.0 or inflight or sample < st:
+                st = sample if st == 0.0 else st + 0.2 * (sample - st)
+                self.service_time = st
             per = int(WINDOW_SECONDS / st) if st > 0 else WINDOW_MAX
             # Calls shorter than WINDOW_PAIR keep one more queued behind the one
             # running, so a worker does not idle while its next call is pickled
