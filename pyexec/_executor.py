@@ -707,6 +707,9 @@ class _Manager:
         self.submitted = self.completed = self.failed = self.replaced = 0
         # Workers the zygote forks unasked at its start (fork), already on their way.
         self.starting = self.started_workers = getattr(launcher, "initial", 0)
+        # Workers to keep whatever the backlog: a worker killed or crashed is
+        # replaced at once (the pool stays whole), not when work next asks.
+        self.keep = 0
         self._writers: set[int] = set()  # call fds watched while their pipe is full
         # Held by the manager whenever it is not waiting. submit() takes it,
         # without blocking, only while the manager sleeps, to hand a call to an
@@ -986,7 +989,7 @@ class _Manager:
         """Start workers while there is more work than live workers can take."""
         alive = sum(1 for w in self.workers if w.state == "up") + self.starting
         inflight = sum(len(w.inflight) for w in self.workers)
-        want = min(self.max_workers, self._backlog(self.max_workers) + inflight)
+        want = max(self.keep, min(self.max_workers, self._backlog(self.max_workers) + inflight))
         stopping = self.stop or _global_shutdown
         if stopping and not self.pending:
             want = 0
@@ -1361,6 +1364,8 @@ class _Manager:
             return  # asked to exit, had nothing: however it ended, nothing is lost
         how = describe_exit(exitcode)
         reason = w.kill_reason
+        up = sum(1 for x in self.workers if x.state == "up") + self.starting + 1  # w too
+        self.keep = min(self.max_workers, max(self.keep, up))
         if reason in ("timeout", "terminate"):
             if not w.inflight or w.inflight[0] is not w.kill_target:
                 self._requeue(w.inflight)  # its call finished just before the kill

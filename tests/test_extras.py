@@ -428,6 +428,19 @@ def test_max_tasks_per_child(ctx):
 
 
 @pytest.mark.timeout(60)
+def test_crashed_worker_is_replaced_with_no_work_left(ctx, tmp_path):
+    """A worker that dies (on_crash='restart') is replaced at once, not when work
+    next asks for a second worker: with nothing left to run, the pool is whole."""
+    with pyexec.ProcessPoolExecutor(2, mp_context=ctx, on_crash="restart") as ex:
+        both = [ex.submit(started_then_sleep, str(tmp_path / f"s{i}"), 0.5) for i in range(2)]
+        assert len({f.result(timeout=30) for f in both}) == 2  # two workers ran them
+        with pytest.raises(pyexec.WorkerDied):
+            ex.submit(crash, "kill", str(tmp_path / "pid")).result(timeout=30)
+        _wait_for(lambda: ex.stats().workers_alive == 2, what="the pool to be whole again")
+        assert ex.stats().workers_replaced == 1
+
+
+@pytest.mark.timeout(60)
 def test_stats_after_known_workload(ctx, tmp_path):
     """Counters add up after good calls, raising calls and crashes."""
     with pyexec.ProcessPoolExecutor(2, mp_context=ctx, on_crash="restart") as ex:
