@@ -243,3 +243,36 @@ def test_results_before_a_malformed_frame_are_kept():
         _Manager._decode(mgr, w, out, *reader.take())
     assert out == [(first, "seven", None)]
     assert mgr.completed == 1 and list(w.inflight) == [second]
+
+
+def test_window_estimate_ignores_a_dry_workers_slow_sample():
+    """The service time (which sizes the window) rises only on samples from a
+    worker still holding calls: one whose window ran dry may have idled, and
+    its slow-looking sample would shrink the window and starve it more."""
+    import pickle
+    import time
+    from collections import deque
+    from types import SimpleNamespace
+
+    from pyexec import _channel as ch
+    from pyexec._executor import _Manager
+
+    def decode_one(held: int, seconds: float, st: float) -> float:
+        reader = ch.Decoder()
+        reader.feed(ch.encode(ch.KIND_RESULT, 1, pickle.dumps(None)))
+        tasks = [SimpleNamespace(tid=1 + i, payload=b"x") for i in range(held)]
+        w = SimpleNamespace(
+            inflight=deque(tasks),
+            reader=reader,
+            recycle=False,
+            mark=time.monotonic() - seconds,
+            exit_at=0.0,
+        )
+        mgr = SimpleNamespace(completed=0, failed=0, service_time=st, window=100)
+        _Manager._decode(mgr, w, [], *reader.take())
+        return mgr.service_time
+
+    assert decode_one(held=1, seconds=1.0, st=1e-4) == 1e-4  # dry: a slow sample is ignored
+    assert decode_one(held=2, seconds=1.0, st=1e-4) > 0.1  # still busy: it counts
+    assert decode_one(held=1, seconds=0.0, st=1e-4) < 1e-4  # dry, faster: it counts
+    assert decode_one(held=1, seconds=1.0, st=0.0) >= 1.0  # the first sample always counts
