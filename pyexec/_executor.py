@@ -269,13 +269,16 @@ _BY_NAME = (FunctionType, BuiltinFunctionType)
 
 
 def _dump_call(fn: Callable, args: tuple, kwargs: dict) -> bytes:
-    """The pickle of one call: (fn, args, kwargs), or (None, args, kwargs, fn's
-    pickle) for a function its module names (the worker resolves that name
-    the same way: _worker._load_call)."""
+    """The pickle of one call: (fn, args, kwargs); for a function its module
+    names, fn's own pickle (bytes) in fn's place, and no kwargs when there are
+    none (the worker resolves that name the same way: _worker._load_call).
+    The common call, a named function with positional arguments, pickles as
+    a pair: a third less work than a 4-tuple holding an empty dict."""
     if fn.__class__ in _BY_NAME:
         entry = _fn_refs.get(fn) or _fn_ref(fn)
         if entry is not None and getattr(entry[1], entry[2], None) is fn:
-            return pickle.dumps((None, args, kwargs, entry[0]), pickle.HIGHEST_PROTOCOL)
+            call = (entry[0], args, kwargs) if kwargs else (entry[0], args)
+            return pickle.dumps(call, pickle.HIGHEST_PROTOCOL)
     return pickle.dumps((fn, args, kwargs), pickle.HIGHEST_PROTOCOL)
 
 

@@ -196,11 +196,11 @@ _FN_REFS_MAX = 256
 
 
 def _load_call(loads, data, tid: int) -> tuple:
-    """(fn, args, kwargs) of one CALL frame."""
+    """(fn, args, kwargs) of one CALL frame (see _executor._dump_call)."""
     call = _load_args(loads, data, tid)
-    if len(call) == 3:
+    ref = call[0]
+    if ref.__class__ is not bytes:
         return call
-    _, args, kwargs, ref = call
     where = _fn_by_ref.get(ref)
     fn = None if where is None else getattr(where[0], where[1], None)
     if fn is None:
@@ -210,7 +210,7 @@ def _load_call(loads, data, tid: int) -> tuple:
             if len(_fn_by_ref) >= _FN_REFS_MAX:
                 _fn_by_ref.clear()
             _fn_by_ref[ref] = (module, fn.__qualname__)
-    return fn, args, kwargs
+    return fn, call[1], call[2] if len(call) == 3 else {}
 
 
 def _dumps_result(r, dumps, proto) -> tuple[bytes, int]:

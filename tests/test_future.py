@@ -265,22 +265,29 @@ def test_terminate_task_while_a_thread_waits(ctx):
 @pytest.mark.timeout(60)
 def test_callables_of_every_kind(ctx):
     """Plain and builtin functions (cached by name) and callables that are not
-    (bound methods, partials, classes) all run, repeatedly, with their own args."""
+    (bound methods, partials, classes) all run, repeatedly, with their own args
+    and keyword arguments (a named call without them travels without them)."""
     calls = [
-        (ident, (1,)),
-        (add, (2, 3)),
-        (os.getpid, ()),
-        ("a-b".split, ("-",)),
-        (functools.partial(add, 10), (1,)),
-        (dict, ()),
-        (abs, (-4,)),
+        (ident, (1,), {}),
+        (add, (2, 3), {}),
+        (os.getpid, (), {}),
+        ("a-b".split, ("-",), {}),
+        (functools.partial(add, 10), (1,), {}),
+        (dict, (), {}),
+        (abs, (-4,), {}),
+        (add, (2,), {"b": 7}),
+        (add, (), {"a": "x", "b": "y"}),
+        (dict, (), {"k": 1}),
+        (functools.partial(add, b=1), (5,), {}),
     ]
+    want = [1, 5, None, ["a", "b"], 11, {}, 4, 9, "xy", {"k": 1}, 6]
     with pyexec.ProcessPoolExecutor(2, mp_context=ctx) as ex:
         for _ in range(3):
-            futs = [ex.submit(fn, *args) for fn, args in calls]
+            futs = [ex.submit(fn, *args, **kwargs) for fn, args, kwargs in calls]
             got = [f.result(timeout=30) for f in futs]
-            assert got[:2] == [1, 5] and got[3:] == [["a", "b"], 11, {}, 4]
             assert got[2] != os.getpid()
+            got[2] = None
+            assert got == want
 
 
 @pytest.mark.timeout(60)
