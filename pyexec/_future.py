@@ -96,10 +96,13 @@ class Future(_base.Future):
 
     def set_running_or_notify_cancel(self) -> bool:
         """As the standard method; without a Condition, a plain store."""
-        with _lock:
+        _lock.acquire()  # not `with`: see ProcessPoolExecutor._submit
+        try:
             if self._cond is None and self._state == _PENDING:
                 self._state = _RUNNING
                 return True
+        finally:
+            _lock.release()
         return super().set_running_or_notify_cancel()
 
     # set_result and set_exception are the standard ones: the pool settles
