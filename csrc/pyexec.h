@@ -69,13 +69,15 @@
  * single call's fate matters (a crash breaks the pool anyway, no deadline),
  * since held results die with the worker. STARTED (parent -> worker, on a
  * CALL or BATCH): answer STARTED before running each of its calls (calls with
- * a deadline). Bits 3.. are kept for pickle
- * protocol 5 out-of-band buffers (payload carries slots of a shared-memory
- * arena). */
+ * a deadline). MARSHAL (worker -> parent, on a RESULT): the payload is
+ * marshal data, not a pickle (a plain value, which marshal dumps and loads in
+ * about half the time). Bits 4.. are kept for pickle protocol 5 out-of-band buffers
+ * (payload carries slots of a shared-memory arena). */
 #define PX_FLAG_RECYCLE 1
 #define PX_FLAG_HOLD 2
 #define PX_FLAG_STARTED 4
-#define PX_FLAGS_KNOWN 7
+#define PX_FLAG_MARSHAL 8
+#define PX_FLAGS_KNOWN 15
 
 /* The largest payload any decoder accepts; a decoder may be made with a
  * smaller limit. 1 TiB: far above any pipe transfer, far below overflow. */

@@ -23,6 +23,7 @@ that was running fails, the calls queued behind it go to other workers.
 from __future__ import annotations
 
 import itertools
+import marshal
 import math
 import multiprocessing
 import os
@@ -1253,7 +1254,8 @@ class _Manager:
         exception) to out, to settle later outside any loop state. What was
         decoded before a malformed frame (ChannelError) is in out all the same."""
         inflight = w.inflight
-        loads = pickle.loads
+        loads, marshal_loads = pickle.loads, marshal.loads
+        MARSHAL = ch.FLAG_MARSHAL << 8
         KIND_RESULT, KIND_ERROR, KIND_STARTED = ch.KIND_RESULT, ch.KIND_ERROR, ch.KIND_STARTED
         FLAG_RECYCLE = ch.FLAG_RECYCLE
         k = failed = 0
@@ -1271,7 +1273,7 @@ class _Manager:
                         task = inflight.popleft()
                         k += 1
                         try:
-                            obj = loads(buf)
+                            obj = marshal_loads(buf) if word & MARSHAL else loads(buf)
                         except BaseException as err:
                             what = "result" if kind == KIND_RESULT else "exception"
                             exc = pickle.UnpicklingError(

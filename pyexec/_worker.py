@@ -9,6 +9,7 @@ means the parent is gone, and the worker exits at once.
 
 from __future__ import annotations
 
+import marshal
 import os
 import pickle
 import signal
@@ -157,12 +158,13 @@ def _run_frames(meta, view, out, loads, dumps, proto, rss, max_memory) -> bool:
                 r = fn(*args, **kwargs)
                 del fn, args, kwargs
             except BaseException as exc:
-                payload, rkind = _dumps_exception(exc), ch.KIND_ERROR
+                payload, rkind, flags = _dumps_exception(exc), ch.KIND_ERROR, 0
                 del exc
             else:
-                payload, rkind = _dumps_result(r, dumps, proto)
+                payload, rkind, flags = _dumps_result(r, dumps, proto)
                 del r
-            flags = ch.FLAG_RECYCLE if max_memory is not None and rss() > max_memory else 0
+            if max_memory is not None and rss() > max_memory:
+                flags |= ch.FLAG_RECYCLE
             send(rkind, tid, payload, flags)
             del payload
         elif kind == KIND_BATCH:
@@ -213,12 +215,15 @@ def _load_call(loads, data, tid: int) -> tuple:
     return fn, call[1], call[2] if len(call) == 3 else {}
 
 
-def _dumps_result(r, dumps, proto) -> tuple[bytes, int]:
-    """(pickle, RESULT), or the pickling error as (pickle, ERROR)."""
+def _dumps_result(r, dumps, proto) -> tuple[bytes, int, int]:
+    """(payload, RESULT, frame flags): marshal data for a plain value
+    (ch.PLAIN), else a pickle; or the pickling error as (pickle, ERROR, 0)."""
+    if r.__class__ in ch.PLAIN:
+        return marshal.dumps(r, ch.MARSHAL_VERSION), ch.KIND_RESULT, ch.FLAG_MARSHAL
     try:
-        return dumps(r, proto), ch.KIND_RESULT
+        return dumps(r, proto), ch.KIND_RESULT, 0
     except BaseException as exc:
-        return _dumps_exception(exc), ch.KIND_ERROR
+        return _dumps_exception(exc), ch.KIND_ERROR, 0
 
 
 def _run_batch(call, flags, push, flush, dumps, proto, rss, max_memory) -> None:
@@ -251,13 +256,14 @@ def _run_batch(call, flags, push, flush, dumps, proto, rss, max_memory) -> None:
             r = fn(*args) if star else fn(args)
             del args
         except BaseException as exc:
-            payload, rkind = _dumps_exception(exc), ch.KIND_ERROR
+            payload, rkind, rflags = _dumps_exception(exc), ch.KIND_ERROR, 0
             del exc
         else:
-            payload, rkind = _dumps_result(r, dumps, proto)
+            payload, rkind, rflags = _dumps_result(r, dumps, proto)
             del r
         arg_pickles[j] = None
-        rflags = ch.FLAG_RECYCLE if max_memory is not None and rss() > max_memory else 0
+        if max_memory is not None and rss() > max_memory:
+            rflags |= ch.FLAG_RECYCLE
         push(rkind, tid, payload, rflags)
         del payload
         if hold and j < last:

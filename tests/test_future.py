@@ -13,6 +13,7 @@ name is rebound.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import enum
 import functools
 import itertools
 import os
@@ -23,7 +24,7 @@ import time
 
 import api_funcs
 import pytest
-from api_funcs import add, die, getpid, ident, raised, side_by_side, sleep_then
+from api_funcs import add, die, getpid, ident, outcome, raised, side_by_side, sleep_then
 
 import pyexec
 from pyexec._future import Future
@@ -288,6 +289,63 @@ def test_callables_of_every_kind(ctx):
             assert got[2] != os.getpid()
             got[2] = None
             assert got == want
+
+
+class _Color(enum.IntEnum):
+    RED = 1
+
+
+class _Text(str):
+    pass
+
+
+# Plain values (results travel as marshal data), edge ones included, and
+# look-alikes that are not plain (subclasses, containers: pickled).
+_VALUES = [
+    0, -1, 2**100, -(2**63), True, False, None, 0.0, -0.0, float("inf"), 1e-310,
+    "", "\u00e9", "\ud800", b"", b"\x00\xff", _Color.RED, _Text("t"), (1, "a"), [2], {"k": b"v"},
+]  # fmt: skip
+
+
+def _typed(value: object) -> tuple:
+    """A value as comparable data that tells types and the sign of zero apart."""
+    if isinstance(value, float):
+        return (float, repr(value))
+    return (type(value), value)
+
+
+@pytest.mark.timeout(60)
+def test_plain_values_cross_unchanged(ctx):
+    """Results sent as marshal data (exact int, float, str, bytes, bool, None) and
+    the rest (pickled) come back with the same type and value as in the stdlib."""
+
+    def scenario(cls):
+        with cls(2, mp_context=ctx) as ex:
+            one = [ex.submit(ident, v) for v in _VALUES]
+            mixed = ex.submit(api_funcs.add3, 1, _Text("x"), 2.5)
+            nan = ex.submit(ident, float("nan")).result(timeout=30)
+            return [_typed(f.result(timeout=30)) for f in one], outcome(mixed), repr(nan)
+
+    got = side_by_side(scenario)
+    assert got["pyexec"] == got["stdlib"]
+    assert got["pyexec"][0] == [_typed(v) for v in _VALUES]
+
+
+def test_worker_marshals_plain_results_only():
+    """The worker's result payload: marshal data flagged MARSHAL for a plain
+    value; a pickle, unflagged, for anything else; both load to the value."""
+    import marshal
+    import pickle
+
+    from pyexec import _channel as ch
+    from pyexec._worker import _dumps_result
+
+    for value in _VALUES:
+        payload, kind, flags = _dumps_result(value, pickle.dumps, pickle.HIGHEST_PROTOCOL)
+        plain = type(value) in ch.PLAIN
+        assert kind == ch.KIND_RESULT and flags == (ch.FLAG_MARSHAL if plain else 0)
+        back = marshal.loads(payload) if plain else pickle.loads(payload)
+        assert _typed(back) == _typed(value)
 
 
 @pytest.mark.timeout(60)
