@@ -71,8 +71,8 @@
  * CALL or BATCH): answer STARTED before running each of its calls (calls with
  * a deadline). MARSHAL (worker -> parent, on a RESULT): the payload is
  * marshal data, not a pickle (a plain value, which marshal dumps and loads in
- * about half the time). Bits 4.. are kept for pickle protocol 5 out-of-band buffers
- * (payload carries slots of a shared-memory arena). */
+ * about half the time). Bits 4.. are kept for pickle protocol 5 out-of-band
+ * buffers (payload carries slots of a shared-memory arena). */
 #define PX_FLAG_RECYCLE 1
 #define PX_FLAG_HOLD 2
 #define PX_FLAG_STARTED 4

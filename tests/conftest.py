@@ -49,11 +49,15 @@ def _fds() -> set[int]:
 
 
 def _children() -> set[int]:
-    return {
-        p.pid
-        for p in psutil.Process().children(recursive=True)
-        if p.status() != psutil.STATUS_ZOMBIE
-    }
+    """This process's live descendants (a zombie, or one gone meanwhile, is not)."""
+    out = set()
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE:
+                out.add(p.pid)
+        except psutil.NoSuchProcess:
+            pass  # exited between the listing and the look
+    return out
 
 
 def _settle(check, timeout: float = 10.0):
