@@ -87,8 +87,9 @@ static int fail(px_decoder *d, int err, const char *msg) {
 }
 
 /* Make room for at least `room` more bytes after end, and for the frame being
- * assembled (d->need bytes from start). Moves the buffer: only called from
- * read and feed. Returns 0 or -ENOMEM. */
+ * assembled (d->need bytes from start), but for no more of it than
+ * PX_DECODER_AHEAD, or as much again as is held, beyond the bytes held. Moves
+ * the buffer: only called from read and feed. Returns 0 or -ENOMEM. */
 static int reserve(px_decoder *d, uint64_t room) {
     uint64_t held = d->end - d->start;
     /* Empty and oversized after a large frame: shrink back. */
@@ -102,9 +103,12 @@ static int reserve(px_decoder *d, uint64_t room) {
             }
         }
     }
+    uint64_t ahead = held > PX_DECODER_AHEAD ? held : PX_DECODER_AHEAD;
+    uint64_t frame = d->need;
+    if (frame > held && frame - held > ahead) frame = held + ahead;
     uint64_t want = held + room;
-    if (want < d->need) want = d->need;
-    if (d->cap - d->end >= room && d->cap - d->start >= d->need) return 0;
+    if (want < frame) want = frame;
+    if (d->cap - d->end >= room && d->cap - d->start >= frame) return 0;
     if (d->start > 0) {
         memmove(d->buf, d->buf + d->start, (size_t)held);
         d->start = 0;

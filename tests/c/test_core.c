@@ -476,6 +476,32 @@ static void test_decoder_huge_length_allocates_nothing(void) {
     }
 }
 
+/* A length within the limit that no bytes follow reserves no more than
+ * PX_DECODER_AHEAD beyond what is held; as bytes come, the buffer grows with
+ * them (at most twice what is held, plus the chunk just fed). */
+static void test_decoder_reserves_ahead_only(void) {
+    px_decoder *d = t_decoder(PX_MAX_PAYLOAD_LIMIT);
+    char h[PX_HEADER_SIZE];
+    px_header_encode(h, PX_KIND_RESULT, 0, 1, PX_MAX_PAYLOAD_LIMIT);
+    CHECK_EQ(px_decoder_feed(d, h, sizeof(h)), 0);
+    px_frame f;
+    CHECK_EQ(px_decoder_next(d, &f), 0);
+    enum { CHUNK = 1 << 20 };
+    char *chunk = calloc(1, CHUNK);
+    CHECK(chunk != NULL);
+    uint64_t held = PX_HEADER_SIZE;
+    for (int i = 0; i < 80; i++) {
+        CHECK_EQ(px_decoder_feed(d, chunk, CHUNK), 0);
+        held += CHUNK;
+        CHECK_EQ(px_decoder_buffered(d), held);
+        uint64_t bound = held > PX_DECODER_AHEAD ? 2 * held : held + PX_DECODER_AHEAD;
+        CHECK(d->cap <= bound + CHUNK);
+        CHECK_EQ(px_decoder_next(d, &f), 0);
+    }
+    free(chunk);
+    px_decoder_free(d);
+}
+
 /* Each kind of garbage header: a sticky -EBADMSG naming what is wrong. */
 static void test_decoder_garbage_headers(void) {
     struct {
@@ -1381,6 +1407,7 @@ static void test_waiter_many_fds(void) {
     X(decoder_max_length_payload)                       \
     X(decoder_one_over_max)                             \
     X(decoder_huge_length_allocates_nothing)            \
+    X(decoder_reserves_ahead_only)                      \
     X(decoder_garbage_headers)                          \
     X(decoder_frames_before_garbage)                    \
     X(decoder_error_sticky)                             \
