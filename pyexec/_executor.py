@@ -814,10 +814,11 @@ class _Manager:
         A round trip through the manager costs two thread hops and the GIL
         passed back and forth. When the manager sleeps, the caller instead
         takes dispatch_lock, masks w's result fd in the manager's waiter and
-        polls that fd itself, alongside the waiter's own fd: whatever else
-        becomes ready (a wake, a death, another worker's results, a deadline)
-        ends the help, and the manager takes over. epoll only: the poll
-        backend's set cannot change under a waiting thread.
+        reads that fd itself: first for ch.SPIN without sleeping, then by
+        polling it alongside the waiter's own fd. Whatever else becomes ready
+        (a wake, a death, another worker's results, a deadline) ends the help,
+        and the manager takes over. epoll only: the poll backend's set cannot
+        change under a waiting thread.
         """
         if (
             not self.sleeping
@@ -846,21 +847,33 @@ class _Manager:
             poll.register(self.waiter_fd, select.POLLIN)
         fd, waiter, inflight = w.result_fd, self.waiter, w.inflight
         waiter.modify(fd, 0)
-        poll.register(fd, select.POLLIN)
+        read_frames = w.reader.read_frames
+        spin_until = time.monotonic() + ch.SPIN  # see ch.SPIN
+        if end is not None and end < spin_until:
+            spin_until = end
+        polling = False
         try:
             while task in inflight:
-                ms = -1 if end is None else max(0, math.ceil((end - time.monotonic()) * 1000))
-                ready = poll.poll(ms)
-                if len(ready) != 1 or ready[0][0] != fd:
-                    return  # time is up, or the manager has work
-                n, meta, view = w.reader.read_frames(fd)
+                n, meta, view = read_frames(fd)
+                if n < 0 and not meta:  # nothing yet
+                    if time.monotonic() < spin_until:
+                        continue
+                    if not polling:
+                        poll.register(fd, select.POLLIN)
+                        polling = True
+                    ms = -1 if end is None else max(0, math.ceil((end - time.monotonic()) * 1000))
+                    ready = poll.poll(ms)
+                    if len(ready) != 1 or ready[0][0] != fd:
+                        return  # time is up, or the manager has work
+                    n, meta, view = read_frames(fd)
                 self._decode(w, settled, meta, view)
                 if n == 0:
                     return  # end of file: the manager sees it too
         except ch.ChannelError as exc:
             self._protocol_error(w, str(exc))
         finally:
-            poll.unregister(fd)
+            if polling:
+                poll.unregister(fd)
             waiter.modify(fd, ch.READABLE)
             if settled and (self.pending or w.recycle or w.quota == 0):
                 self.wake()  # work to dispatch, or a worker to retire

@@ -12,6 +12,7 @@ from __future__ import annotations
 import marshal
 import os
 import pickle
+import select
 import signal
 import sys
 import traceback
@@ -124,7 +125,16 @@ def _loop(call_fd: int, out: ch.Writer, max_memory: int | None) -> None:
     loads, dumps, proto = pickle.loads, pickle.dumps, pickle.HIGHEST_PROTOCOL
     take, read_frames = dec.take, dec.read_frames
     rss = ch.rss
+    spin = ch.SPIN if hasattr(select, "poll") else 0.0
+    if spin:
+        poller = select.poll()
+        poller.register(call_fd, select.POLLIN)
+        ready = poller.poll
     while True:
+        if spin:  # out of calls: look for the next one a moment before sleeping
+            until = monotonic() + spin
+            while not ready(0) and monotonic() < until:
+                pass
         n, meta, view = read_frames(call_fd)
         if n == 0:
             os._exit(0)  # the parent is gone

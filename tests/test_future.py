@@ -348,6 +348,40 @@ def test_worker_marshals_plain_results_only():
         assert _typed(back) == _typed(value)
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("spin", ["0", "20", "1000000", "-1", "fast"])
+def test_spin_setting(spin):
+    """PYEXEC_SPIN_US: 0 turns polling before sleeping off, any value up to a
+    second works (long calls, short ones, a result() with a timeout shorter
+    than the spin); anything else fails at import with a message."""
+    import subprocess
+
+    code = (
+        "import multiprocessing as mp, time, concurrent.futures as cf, pyexec, api_funcs\n"
+        "with pyexec.ProcessPoolExecutor(2, mp_context=mp.get_context('fork')) as ex:\n"
+        "    got = [ex.submit(api_funcs.ident, i).result() for i in range(200)]\n"
+        "    assert got == list(range(200))\n"
+        "    f = ex.submit(api_funcs.sleep_then, 0.3, 'late')\n"
+        "    t = time.monotonic()\n"
+        "    try:\n"
+        "        f.result(timeout=0.01)\n"
+        "    except cf.TimeoutError:\n"
+        "        pass\n"
+        "    waited = time.monotonic() - t\n"
+        "    assert f.result() == 'late'\n"
+        "print('ok', waited < 0.25)\n"
+    )
+    env = dict(os.environ, PYEXEC_SPIN_US=spin, PYTHONPATH=os.path.dirname(api_funcs.__file__))
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=100
+    )
+    if spin in ("-1", "fast"):
+        assert proc.returncode != 0 and "PYEXEC_SPIN_US must be" in proc.stderr, proc.stderr
+    else:
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.split() == ["ok", "True"], proc.stdout
+
+
 @pytest.mark.timeout(60)
 def test_rebound_name_fails_as_in_the_stdlib(ctx):
     """After its module's name is rebound, a function no longer pickles by name:
