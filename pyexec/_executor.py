@@ -937,11 +937,16 @@ class _Manager:
                 self._dispatch()
             if self._finished():
                 return
+            # "Sleeping" is said before the last look at pending: a submit that
+            # appends after that look sees it and wakes the manager; one that
+            # appended before is seen by the look. Said after the look, a submit
+            # could append in between, see the manager awake and not wake it,
+            # and its call waited for the next event (a deadline, or forever).
+            self.sleeping = True
             timeout = self._next_timeout()
             if self.pending and self.broken is None and self._has_room():
                 timeout = 0.0
             self.sleep_until = None if timeout is None else time.monotonic() + timeout
-            self.sleeping = True
             self.dispatch_lock.release()
             try:
                 events = waiter.wait(timeout)
