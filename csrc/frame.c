@@ -262,7 +262,7 @@ int64_t px_writev(int fd, const px_iov *iov, int n) {
 }
 
 int64_t px_write(int fd, const char *buf, uint64_t len) {
-    px_iov one = {buf, (size_t)len};
     if (len > (uint64_t)SSIZE_MAX) return -EINVAL;
+    px_iov one = {buf, (size_t)len};
     return px_writev(fd, &one, 1);
 }

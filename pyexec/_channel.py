@@ -228,29 +228,32 @@ class Decoder:
         EINTR is retried here after Python has run its signal handlers.
         """
         while True:
-            n = lib.px_decoder_read(self._d, fd)
-            if n >= 0:
-                return n
-            if n == -errno.EAGAIN:
-                return -1
-            if n == -errno.EINTR:
-                continue
-            self._raise_for(n)
+            rc = lib.px_decoder_read(self._d, fd)
+            if rc != -errno.EINTR:
+                return self._read_result(rc)
+
+    def _read_result(self, rc: int) -> int:
+        """A core read's result as read returns it; raises for a failure."""
+        if rc >= 0:
+            return rc
+        if rc != -errno.EAGAIN and rc != -errno.EINTR:
+            self._raise_for(rc)
+        return -1
 
     def read_frames(self, fd: int) -> tuple[int, list[int], memoryview | None]:
         """read, then take, in one call into the core: (what read returns,
-        then take's two values). When take's list holds BATCH frames or
-        ``failed`` is set, call take before reading again."""
+        then take's two values). Until ``drained`` says so, take before
+        reading again."""
         while True:
             n = lib.px_decoder_read_many(self._d, fd, self._meta, BATCH, self._base, self._status)
-            nread = self._status[0]
-            if nread < 0:
-                if nread == -errno.EINTR and n == 0:
-                    continue  # Python has run its signal handlers: read again
-                if nread != -errno.EAGAIN and nread != -errno.EINTR:
-                    self._raise_for(nread)
-                nread = -1
-            return (nread, *self._frames(n))
+            rc = self._status[0]
+            if rc != -errno.EINTR or n:  # else: signal handlers have run, read again
+                return (self._read_result(rc), *self._frames(n))
+
+    def drained(self, meta: list[int]) -> bool:
+        """True when the frames just taken (meta) were the last complete ones:
+        fewer than BATCH, and no malformed frame behind them."""
+        return len(meta) < 4 * BATCH and not self.failed
 
     def take(self) -> tuple[list[int], memoryview | None]:
         """Up to BATCH complete frames: a flat list (kind | flags << 8, id,

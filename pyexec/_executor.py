@@ -855,7 +855,7 @@ class _Manager:
         try:
             while task in inflight:
                 n, meta, view = read_frames(fd)
-                if n < 0 and not meta:  # nothing yet
+                if n < 0 and not meta:  # nothing yet: read again, or sleep on it
                     if time.monotonic() < spin_until:
                         continue
                     if not polling:
@@ -865,7 +865,7 @@ class _Manager:
                     ready = poll.poll(ms)
                     if len(ready) != 1 or ready[0][0] != fd:
                         return  # time is up, or the manager has work
-                    n, meta, view = read_frames(fd)
+                    continue
                 self._decode(w, settled, meta, view)
                 if n == 0:
                     return  # end of file: the manager sees it too
@@ -1323,8 +1323,8 @@ class _Manager:
                         w.fatal = str(loads(buf))
                     else:
                         raise ch.ChannelError(0, f"unexpected frame kind {kind} from worker")
-                if len(meta) < 4 * ch.BATCH and not w.reader.failed:
-                    break  # the core had no more complete frames
+                if w.reader.drained(meta):
+                    break
                 meta, view = w.reader.take()  # more, or the malformed one's error
         finally:
             self.completed += k - failed

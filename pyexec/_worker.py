@@ -141,8 +141,8 @@ def _loop(call_fd: int, out: ch.Writer, max_memory: int | None) -> None:
         while meta:
             if _run_frames(meta, view, out, loads, dumps, proto, rss, max_memory):
                 return
-            if len(meta) < 4 * ch.BATCH and not dec.failed:
-                break  # no more complete frames
+            if dec.drained(meta):
+                break
             meta, view = take()  # more, or the malformed one's error
         out.flush()
 
