@@ -186,6 +186,13 @@ class _Task:
         # both go when the caller drops the future, without the collector.
         future._pyexec_task = None
 
+    def watch(self) -> None:
+        """Someone waits on this call other than through wait_here: make sure the
+        manager watches its worker's results (see _Manager.help)."""
+        where = self.where
+        if where is not None and where[1] in where[0].masked:
+            where[0].unmask(where[1])
+
     def wait_here(self, end: float | None) -> None:
         """Wait for the result in the calling thread if the manager is idle (see
         _Manager.help); return when settled, or at once when that cannot be."""
@@ -721,6 +728,9 @@ class _Manager:
         # replaced at once (the pool stays whole), not when work next asks.
         self.keep = 0
         self._writers: set[int] = set()  # call fds watched while their pipe is full
+        # Workers whose result fd help() took out of the waiter and left out:
+        # the manager puts them back before it next sleeps (see help).
+        self.masked: set[Worker] = set()
         # Held by the manager whenever it is not waiting. submit() takes it,
         # without blocking, only while the manager sleeps, to hand a call to an
         # idle worker itself: one thread hop less on the round trip.
@@ -808,6 +818,21 @@ class _Manager:
                 return True
         return False
 
+    def unmask(self, w: Worker) -> None:
+        """Watch w's results again (help left them masked), from any thread:
+        at once if the manager sleeps, else before it next sleeps."""
+        if self.pid != os.getpid():
+            return
+        if not self.dispatch_lock.acquire(False):
+            self.wake()
+            return
+        try:
+            if w in self.masked:  # not forgotten meanwhile: its fd is open
+                self.waiter.modify(w.result_fd, ch.READABLE)
+                self.masked.discard(w)
+        finally:
+            self.dispatch_lock.release()
+
     def help(self, task: _Task, w: Worker, end: float | None) -> None:
         """Read task's result in the calling thread (result(), dispatch_lock free).
 
@@ -819,6 +844,13 @@ class _Manager:
         (a wake, a death, another worker's results, a deadline) ends the help,
         and the manager takes over. epoll only: the poll backend's set cannot
         change under a waiting thread.
+
+        The fd stays masked after the help while w holds no other call, so
+        that a loop of submit().result() makes no epoll_ctl at all. Calls that
+        direct() then hands to w are seen by no one but their own result()'s
+        help; any other wait on them (a Condition made: callbacks, wait(),
+        as_completed; or done()) calls _Task.watch, which unmasks the fd. The
+        manager too unmasks every fd before it sleeps.
         """
         if (
             not self.sleeping
@@ -846,7 +878,9 @@ class _Manager:
             poll = self.help_poll = select.poll()
             poll.register(self.waiter_fd, select.POLLIN)
         fd, waiter, inflight = w.result_fd, self.waiter, w.inflight
-        waiter.modify(fd, 0)
+        if w not in self.masked:
+            waiter.modify(fd, 0)
+            self.masked.add(w)
         read_frames = w.reader.read_frames
         spin_until = time.monotonic() + ch.SPIN  # see ch.SPIN
         if end is not None and end < spin_until:
@@ -874,7 +908,9 @@ class _Manager:
         finally:
             if polling:
                 poll.unregister(fd)
-            waiter.modify(fd, ch.READABLE)
+            if inflight:  # calls no one may wait on here: the manager's again
+                waiter.modify(fd, ch.READABLE)
+                self.masked.discard(w)
             if settled and (self.pending or w.recycle or w.quota == 0):
                 self.wake()  # work to dispatch, or a worker to retire
 
@@ -943,6 +979,8 @@ class _Manager:
             # could append in between, see the manager awake and not wake it,
             # and its call waited for the next event (a deadline, or forever).
             self.sleeping = True
+            if self.masked:
+                self._unmask()
             timeout = self._next_timeout()
             if self.pending and self.broken is None and self._has_room():
                 timeout = 0.0
@@ -977,6 +1015,12 @@ class _Manager:
             self._check_deadlines()
             for w in self.launcher.take_ready():
                 self._add_worker(w)
+
+    def _unmask(self) -> None:
+        """Watch again the result fds that help() left out of the waiter."""
+        for w in self.masked:
+            self.waiter.modify(w.result_fd, ch.READABLE)
+        self.masked.clear()
 
     def _drain_wake(self) -> None:
         try:
@@ -1442,6 +1486,7 @@ class _Manager:
 
     def _forget(self, w: Worker) -> None:
         w.state = "dead"
+        self.masked.discard(w)
         for fd in (w.result_fd, w.sentinel, w.call_fd):
             self.by_fd.pop(fd, None)
         self.waiter.remove(w.result_fd)

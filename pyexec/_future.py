@@ -58,6 +58,9 @@ class Future(_base.Future):
                     self._list = []
                     self._callbacks = []
                     cond = self._cond = threading.Condition()
+            task = self._pyexec_task
+            if task is not None:
+                task.watch()  # a wait the pool's help does not see
         return cond
 
     # Read-only: the standard class assigns them only in __init__ (3.10-3.13).
@@ -75,7 +78,12 @@ class Future(_base.Future):
 
     def done(self) -> bool:
         """Return True if the future was cancelled or finished executing."""
-        return self._state in _DONE
+        if self._state in _DONE:
+            return True
+        task = self._pyexec_task
+        if task is not None:
+            task.watch()  # polled for: someone must read its result
+        return False
 
     def result(self, timeout: float | None = None) -> Any:
         """The call's result (see concurrent.futures.Future.result)."""

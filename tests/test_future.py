@@ -205,6 +205,49 @@ def test_poll_backend_result_is_read_by_the_manager(monkeypatch):
         assert threading.get_ident() not in _callback_threads(ex)
 
 
+def _wait_by_callback(f: Future) -> bool:
+    ran = threading.Event()
+    f.add_done_callback(lambda _f: ran.set())
+    return ran.wait(10)
+
+
+def _wait_by_polling_done(f: Future) -> bool:
+    end = time.monotonic() + 10
+    while not f.done() and time.monotonic() < end:
+        time.sleep(0.001)
+    return f.done()
+
+
+_OTHER_WAITS = {
+    "callback": _wait_by_callback,
+    "done": _wait_by_polling_done,
+    "wait": lambda f: f in cf.wait([f], timeout=10).done,
+    "as_completed": lambda f: next(cf.as_completed([f], timeout=10)) is f,
+    "exception": lambda f: f.exception(timeout=10) is None,
+    "running": lambda f: f.running() and _wait_by_polling_done(f),
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="epoll only (Linux)")
+@pytest.mark.parametrize("how", sorted(_OTHER_WAITS))
+def test_call_behind_a_finished_help_is_seen_by_every_wait(how, monkeypatch):
+    """After a helped result() the worker's result fd stays out of the manager's
+    waiter; the next call submit hands that worker is read by nobody but its
+    own result(). Any other way of waiting for it must still see it finish."""
+    monkeypatch.setenv("PYEXEC_WAITER", "epoll")
+    with pyexec.ProcessPoolExecutor(1) as ex:
+        for _ in range(200):  # until a result() has been helped (the manager asleep)
+            ex.submit(ident, 0).result(timeout=30)
+            if ex._mgr.masked:
+                break
+        assert ex._mgr.masked, "no result() was read by its own thread"
+        f = ex.submit(sleep_then, 0.05, "x")
+        assert f._pyexec_task.where is not None, "submit did not hand the call over itself"
+        assert _OTHER_WAITS[how](f)
+        assert f.result(timeout=0) == "x"
+
+
 @pytest.mark.timeout(60)
 def test_waiting_thread_gives_way_to_other_work(ctx):
     """A thread waiting on a long call does not hold up another thread's calls:
