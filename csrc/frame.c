@@ -213,10 +213,12 @@ int px_decoder_next_many(px_decoder *d, uint64_t *out, int max, const char **bas
 }
 
 int px_decoder_read_many(px_decoder *d, int fd, uint64_t *out, int max,
-                         const char **base, int64_t status[2]) {
+                         const char **base, int64_t status[4]) {
     status[0] = fd >= 0 ? px_decoder_read(d, fd) : -EAGAIN;
     int n = px_decoder_next_many(d, out, max, base);
     status[1] = d->error;
+    status[2] = (int64_t)(intptr_t)d->buf;
+    status[3] = (int64_t)d->cap;
     return n;
 }
 

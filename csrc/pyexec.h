@@ -30,7 +30,7 @@
 /* CDEF BEGIN */
 
 /* Bumped whenever a declaration below changes meaning. Checked at import. */
-#define PX_CORE_ABI 2
+#define PX_CORE_ABI 3
 
 /* ---- frames ---------------------------------------------------------- */
 
@@ -151,9 +151,12 @@ int px_decoder_next_many(px_decoder *d, uint64_t *out, int max, const char **bas
  * more than the call. status[0] gets the read's result (-EAGAIN when fd < 0);
  * status[1] the sticky error after the take, or 0: so the caller knows
  * without one more call that the frames it got were followed by a malformed
- * one. Returns what px_decoder_next_many returns. */
+ * one. status[2] and status[3] are the buffer's address and capacity: while
+ * both stay the same, a view of it made earlier is still the buffer (a caller
+ * keeps one instead of making one per call). Returns what
+ * px_decoder_next_many returns. */
 int px_decoder_read_many(px_decoder *d, int fd, uint64_t *out, int max,
-                         const char **base, int64_t status[2]);
+                         const char **base, int64_t status[4]);
 
 /* Bytes held that do not yet make a whole frame (non-zero at end of file
  * means the peer stopped mid-frame). */

@@ -267,7 +267,7 @@ def test_read_frames_reads_then_takes():
     r, w = ch.make_pipe(True, False)
     try:
         dec = Decoder()
-        assert dec.read_frames(r) == (-1, [], None)
+        assert dec.read_frames(r) == (-1, (), None)
         frames = [(ch.KIND_RESULT, i % 2, i, payload(50, i)) for i in range(ch.BATCH + 3)]
         data = stream(frames)
         os.write(w, data)
@@ -281,7 +281,7 @@ def test_read_frames_reads_then_takes():
         assert got + take_all(dec) == frames  # a full batch: the rest by take
         os.close(w)
         w = None
-        assert dec.read_frames(r) == (0, [], None)
+        assert dec.read_frames(r) == (0, (), None)
     finally:
         os.close(r)
         if w is not None:
@@ -461,7 +461,23 @@ def test_take_points_into_decoder():
     assert meta[0] == ch.KIND_RESULT and meta[1] == 1 and meta[4 + 1] == 2
     assert bytes(view[meta[2] : meta[2] + meta[3]]) == b"abc"
     assert meta[4 + 3] == 0 and meta[2] + meta[3] <= len(view)
-    assert dec.take() == ([], None)
+    assert dec.take() == ((), None)
+
+
+def test_take_keeps_its_view_until_the_buffer_moves():
+    """The view take returns is made once per buffer: the same object while the
+    core's buffer stays put, a new one (right bytes included) once it grew."""
+    dec = Decoder()
+    dec.feed(encode(ch.KIND_RESULT, 1, b"abc"))
+    meta, first = dec.take()
+    dec.feed(encode(ch.KIND_RESULT, 2, b"def"))
+    meta, again = dec.take()
+    assert again is first and bytes(again[meta[2] : meta[2] + meta[3]]) == b"def"
+    big = payload(4 * ch.lib.PX_DECODER_INITIAL, 3)  # more than the buffer holds
+    dec.feed(encode(ch.KIND_RESULT, 3, big))
+    meta, grown = dec.take()
+    assert grown is not first and len(grown) >= len(big)
+    assert bytes(grown[meta[2] : meta[2] + meta[3]]) == big
 
 
 # ---- writing ---------------------------------------------------------------

@@ -229,7 +229,7 @@ static void fz_drain(fz_run *r) {
         } else {
             uint64_t meta[4 * FZ_MANY_MAX];
             const char *base = NULL;
-            int64_t status[2] = {1, 1};
+            int64_t status[4] = {1, 1, 0, 0};
             int via_read_many = r->takes++ & 1;
             if (via_read_many) {
                 n = px_decoder_read_many(r->d, -1, meta, r->many, &base, status);
@@ -241,6 +241,9 @@ static void fz_drain(fz_run *r) {
                 else if (status[1] != 0)
                     FZ_CHECK(status[1] == r->ref->err && r->got + n == r->ref->n &&
                              r->fed >= r->ref->err_at);
+                /* The buffer as it is now: a view of it may be kept by that. */
+                FZ_CHECK(status[2] == (int64_t)(intptr_t)r->d->buf &&
+                         status[3] == (int64_t)r->d->cap);
             } else {
                 n = px_decoder_next_many(r->d, meta, r->many, &base);
             }
