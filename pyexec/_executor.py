@@ -711,6 +711,7 @@ class _Manager:
         self.sleep_until: float | None = None  # when a sleeping manager wakes anyway
         self.generation = ch.fork_generation
         self.help_poll: Any = None  # help()'s poll object, made on first use
+        self.spin = ch.Spin()  # whether help() polls before it sleeps
         self.wake_sent = False
         self.closed = False
         self.stop = False
@@ -839,11 +840,12 @@ class _Manager:
         A round trip through the manager costs two thread hops and the GIL
         passed back and forth. When the manager sleeps, the caller instead
         takes dispatch_lock, masks w's result fd in the manager's waiter and
-        reads that fd itself: first for ch.SPIN without sleeping, then by
-        polling it alongside the waiter's own fd. Whatever else becomes ready
-        (a wake, a death, another worker's results, a deadline) ends the help,
-        and the manager takes over. epoll only: the poll backend's set cannot
-        change under a waiting thread.
+        reads that fd itself: first for ch.SPIN without sleeping (unless
+        ch.Spin says it does not pay), then by polling it alongside the
+        waiter's own fd. Whatever else becomes ready (a wake, a death, another
+        worker's results, a deadline) ends the help, and the manager takes
+        over. epoll only: the poll backend's set cannot change under a
+        waiting thread.
 
         The fd stays masked after the help while w holds no other call, so
         that a loop of submit().result() makes no epoll_ctl at all. Calls that
@@ -882,7 +884,8 @@ class _Manager:
             waiter.modify(fd, 0)
             self.masked.add(w)
         read_frames = w.reader.read_frames
-        spin_until = time.monotonic() + ch.SPIN  # see ch.SPIN
+        spin = self.spin
+        spin_until = time.monotonic() + ch.SPIN if spin.first() else 0.0  # see ch.Spin
         if end is not None and end < spin_until:
             spin_until = end
         polling = False
@@ -893,6 +896,8 @@ class _Manager:
                     if time.monotonic() < spin_until:
                         continue
                     if not polling:
+                        if spin_until:
+                            spin.missed()
                         poll.register(fd, select.POLLIN)
                         polling = True
                     ms = -1 if end is None else max(0, math.ceil((end - time.monotonic()) * 1000))
@@ -900,6 +905,8 @@ class _Manager:
                     if len(ready) != 1 or ready[0][0] != fd:
                         return  # time is up, or the manager has work
                     continue
+                if spin_until and not polling:
+                    spin.found()
                 self._decode(w, settled, meta, view)
                 if n == 0:
                     return  # end of file: the manager sees it too

@@ -125,16 +125,20 @@ def _loop(call_fd: int, out: ch.Writer, max_memory: int | None) -> None:
     loads, dumps, proto = pickle.loads, pickle.dumps, pickle.HIGHEST_PROTOCOL
     take, read_frames = dec.take, dec.read_frames
     rss = ch.rss
-    spin = ch.SPIN if hasattr(select, "poll") else 0.0
-    if spin:
+    spin = ch.Spin() if hasattr(select, "poll") else None
+    if spin is not None:
         poller = select.poll()
         poller.register(call_fd, select.POLLIN)
         ready = poller.poll
     while True:
-        if spin:  # out of calls: look for the next one a moment before sleeping
-            until = monotonic() + spin
-            while not ready(0) and monotonic() < until:
-                pass
+        if spin is not None and spin.first():  # out of calls: look a moment before sleeping
+            until = monotonic() + ch.SPIN
+            while not ready(0):
+                if monotonic() >= until:
+                    spin.missed()
+                    break
+            else:
+                spin.found()
         n, meta, view = read_frames(call_fd)
         if n == 0:
             os._exit(0)  # the parent is gone

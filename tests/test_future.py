@@ -391,6 +391,32 @@ def test_worker_marshals_plain_results_only():
         assert _typed(back) == _typed(value)
 
 
+def test_spin_backs_off_while_polls_come_up_empty(monkeypatch):
+    """One empty poll changes nothing; from the second in a row, the next waits
+    skip polling, 1, 2, 4, ... up to SPIN_SKIP_MAX; a poll that finds data
+    starts afresh; with SPIN 0 no wait polls."""
+    from pyexec import _channel as ch
+
+    monkeypatch.setattr(ch, "SPIN", 20e-6)
+    spin = ch.Spin()
+    polled = []
+    for _ in range(300):  # the other side never answers while this one polls
+        polled.append(spin.first())
+        if polled[-1]:
+            spin.missed()
+    runs = "".join("p" if p else "." for p in polled)
+    assert runs.startswith("pp.p..p....p........p")
+    gaps = [len(g) for g in runs.split("p")[1:-1]]
+    assert max(gaps) == ch.SPIN_SKIP_MAX and gaps[-1] == ch.SPIN_SKIP_MAX
+    while not spin.first():
+        pass
+    spin.found()  # the poll paid: the next empty one is again forgiven
+    spin.missed()
+    assert spin.first() and spin.first()
+    monkeypatch.setattr(ch, "SPIN", 0.0)
+    assert not ch.Spin().first()
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("spin", ["0", "20", "1000000", "-1", "fast"])
 def test_spin_setting(spin):
