@@ -768,10 +768,12 @@ class _Manager:
         Another pool is about to fork its zygote: with no pyexec thread alive,
         that fork is safe (and Python 3.12 has nothing to warn about). False
         when the thread has ended, or is the calling thread (a done-callback
-        starting a new pool: that fork cannot avoid this thread).
+        starting a new pool: that fork cannot avoid this thread), or when the
+        workers die with it (spawn: the fork then happens beside it, as the
+        standard library's would).
         """
         t = self.thread
-        if t is threading.current_thread() or not t.is_alive():
+        if t is threading.current_thread() or not t.is_alive() or self.launcher.thread_bound:
             return False
         self.parking = True
         self.wake()

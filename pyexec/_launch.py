@@ -94,6 +94,10 @@ class ProcessLauncher:
     def __init__(self, ctx: Any, config: WorkerConfig) -> None:
         self._ctx = ctx
         self._config = config
+        # spawn forks each worker from the thread that starts it, and the
+        # worker's parent-death signal (_worker._die_with_parent) fires when
+        # that thread ends, not the process: the thread must outlive them.
+        self.thread_bound = ctx.get_start_method() == "spawn"
 
     def take_ready(self) -> list[Worker]:
         """Workers started since the last call: none, start() returns them."""
@@ -147,6 +151,8 @@ class ProcessLauncher:
 
 class ZygoteLauncher:
     """Forks workers from a single-threaded copy of the parent (fork)."""
+
+    thread_bound = False  # the zygote is the workers' parent
 
     def __init__(self, config: WorkerConfig, initial: int) -> None:
         """Fork the zygote, which forks `initial` workers at once, unasked:

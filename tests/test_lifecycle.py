@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 import gc
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -77,6 +78,22 @@ def test_shutdown_cancel_futures(ctx, method):
 
     got = side_by_side(scenario, stdlib=method == "fork")
     assert got["pyexec"] == got.get("stdlib", got["pyexec"]) == (0, True, True)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # 3.12's fork-with-threads note
+def test_a_new_fork_pool_leaves_other_pools_working(ctx):
+    """A fork pool forks its zygote with the other pools' manager threads
+    parked; a pool of any start method goes on afterwards with the same
+    workers. (A spawn pool's workers die with the thread that started them:
+    parking its manager once killed them all.)"""
+    with pyexec.ProcessPoolExecutor(2, mp_context=ctx) as first:
+        before = set(first.map(sleep_getpid, [0.1] * 4))
+        with pyexec.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as new:
+            assert new.submit(add, 1, 2).result(timeout=30) == 3
+        after = set(first.map(sleep_getpid, [0.1] * 4))
+        assert first.submit(add, 2, 3).result(timeout=30) == 5
+        assert after <= before and first.stats().workers_replaced == 0
 
 
 @pytest.mark.timeout(30)
