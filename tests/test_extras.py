@@ -215,12 +215,20 @@ def test_deadline_kills_only_its_call(ctx, tmp_path, on_crash):
     on the same worker are re-sent, complete, and run once; the pool is not broken.
 
     The deadline leaves the test 2 s to look at the queue before the kill: with 0.5 s a
-    loaded CI machine sometimes looked only after the queued calls were re-sent."""
+    loaded CI machine sometimes looked only after the queued calls were re-sent. The
+    manager is held off (its dispatch lock taken while it sleeps) until every call is
+    scheduled, so it sends them in one go: calls that reach it after the head call has
+    run WINDOW_PAIR are rightly held back, and on a loaded machine the test's own
+    thread was sometimes that late."""
     log, startfile = tmp_path / "log", tmp_path / "start"
     with pyexec.ProcessPoolExecutor(1, mp_context=ctx, on_crash=on_crash) as ex:
         list(ex.map(square, range(300)))  # tiny calls: the window grows past 1
-        slow = ex.schedule(started_then_sleep, (str(startfile), 30), timeout=2.0)
-        queued = [ex.schedule(log_run, (str(log), str(i), i), timeout=5) for i in range(50)]
+        assert ex._mgr.dispatch_lock.acquire(timeout=30)
+        try:
+            slow = ex.schedule(started_then_sleep, (str(startfile), 30), timeout=2.0)
+            queued = [ex.schedule(log_run, (str(log), str(i), i), timeout=5) for i in range(50)]
+        finally:
+            ex._mgr.dispatch_lock.release()
         _wait_for(startfile.exists, what="the slow call to start")
         running = ex.stats().running
         with pytest.raises(pyexec.TaskTimeout) as info:
