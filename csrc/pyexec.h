@@ -30,7 +30,7 @@
 /* CDEF BEGIN */
 
 /* Bumped whenever a declaration below changes meaning. Checked at import. */
-#define PX_CORE_ABI 3
+#define PX_CORE_ABI 4
 
 /* ---- frames ---------------------------------------------------------- */
 
@@ -146,7 +146,13 @@ int px_decoder_next(px_decoder *d, px_frame *out);
 int px_decoder_next_many(px_decoder *d, uint64_t *out, int max, const char **base);
 
 /* px_decoder_read(d, fd) (none when fd < 0), then px_decoder_next_many: one
- * call where a reader needs two. Each call from Python releases the GIL and
+ * call where a reader needs two. When the read would block and no frame is
+ * complete, and spin_ns > 0, it reads again until bytes come or spin_ns
+ * nanoseconds have passed (fd must be non-blocking): a reader that expects an
+ * answer within microseconds then pays no sleep and wake-up, and no trip
+ * back into the interpreter per try. Any other outcome of a read ends the
+ * spin; a signal does not (reads that do not block are not interrupted), so
+ * its Python handler runs at most spin_ns late. Each call from Python releases the GIL and
  * takes it back, and while another thread wants it that round trip costs far
  * more than the call. status[0] gets the read's result (-EAGAIN when fd < 0);
  * status[1] the sticky error after the take, or 0: so the caller knows
@@ -156,7 +162,7 @@ int px_decoder_next_many(px_decoder *d, uint64_t *out, int max, const char **bas
  * keeps one instead of making one per call). Returns what
  * px_decoder_next_many returns. */
 int px_decoder_read_many(px_decoder *d, int fd, uint64_t *out, int max,
-                         const char **base, int64_t status[4]);
+                         const char **base, int64_t status[4], int64_t spin_ns);
 
 /* Bytes held that do not yet make a whole frame (non-zero at end of file
  * means the peer stopped mid-frame). */

@@ -33,7 +33,7 @@ except ImportError as exc:  # pragma: no cover - exercised by a test in a subpro
     ) from exc
 
 # The ABI this Python code was written against (PX_CORE_ABI in csrc/pyexec.h).
-CORE_ABI = 3
+CORE_ABI = 4
 
 
 def _check_stamp() -> None:
@@ -123,6 +123,7 @@ def _spin_from_env() -> float:
 # CPU each time a worker goes idle or a result() waits. PYEXEC_SPIN_US=0 turns
 # it off.
 SPIN = _spin_from_env()
+SPIN_NS = round(SPIN * 1e9)
 # After the second empty poll in a row, the next wait sleeps at once; after
 # each further one, twice as many, up to this many (see Spin).
 SPIN_SKIP_MAX = 64
@@ -130,6 +131,9 @@ SPIN_SKIP_MAX = 64
 
 class Spin:
     """Whether a reader's next wait polls first (for SPIN): only while polling pays.
+
+    The poll itself is Decoder.read_frames(fd, SPIN_NS): reads again and
+    again in the core, the GIL released, until bytes come or the time is up.
 
     A poll that comes up empty means the other side was not running beside
     this one: it shares this CPU (both pay the whole poll, taking turns: a
@@ -302,12 +306,17 @@ class Decoder:
             self._raise_for(rc)
         return -1
 
-    def read_frames(self, fd: int) -> tuple[int, tuple[int, ...], memoryview | None]:
+    def read_frames(
+        self, fd: int, spin_ns: int = 0
+    ) -> tuple[int, tuple[int, ...], memoryview | None]:
         """read, then take, in one call into the core: (what read returns,
         then take's two values). Until ``drained`` says so, take before
-        reading again."""
+        reading again. With spin_ns, an empty non-blocking fd is read again
+        for up to that many nanoseconds, in the core (see ch.Spin)."""
         while True:
-            n = lib.px_decoder_read_many(self._d, fd, self._meta, BATCH, self._base, self._status)
+            n = lib.px_decoder_read_many(
+                self._d, fd, self._meta, BATCH, self._base, self._status, spin_ns
+            )
             status = _STATUS(self._status_buf)
             rc = status[0]
             if rc != -errno.EINTR or n:  # else: signal handlers have run, read again
@@ -324,7 +333,7 @@ class Decoder:
         into. The view is valid until the next read or feed: slice it, use the
         slices, drop them. ((), None) when no frame is complete.
         """
-        n = lib.px_decoder_read_many(self._d, -1, self._meta, BATCH, self._base, self._status)
+        n = lib.px_decoder_read_many(self._d, -1, self._meta, BATCH, self._base, self._status, 0)
         return self._frames(n, _STATUS(self._status_buf))
 
     def _frames(self, n: int, status: tuple) -> tuple[tuple[int, ...], memoryview | None]:

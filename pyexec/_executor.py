@@ -887,19 +887,18 @@ class _Manager:
             self.masked.add(w)
         read_frames = w.reader.read_frames
         spin = self.spin
-        spin_until = time.monotonic() + ch.SPIN if spin.first() else 0.0  # see ch.Spin
-        if end is not None and end < spin_until:
-            spin_until = end
+        spin_ns = ch.SPIN_NS if spin.first() else 0  # see ch.Spin
+        if spin_ns and end is not None:
+            spin_ns = min(spin_ns, max(0, int((end - time.monotonic()) * 1e9)))
         polling = False
         try:
             while task in inflight:
-                n, meta, view = read_frames(fd)
-                if n < 0 and not meta:  # nothing yet: read again, or sleep on it
-                    if time.monotonic() < spin_until:
-                        continue
+                n, meta, view = read_frames(fd, spin_ns)
+                if n < 0 and not meta:  # nothing yet: sleep on it
+                    if spin_ns:
+                        spin.missed()
+                        spin_ns = 0
                     if not polling:
-                        if spin_until:
-                            spin.missed()
                         poll.register(fd, select.POLLIN)
                         polling = True
                     ms = -1 if end is None else max(0, math.ceil((end - time.monotonic()) * 1000))
@@ -907,8 +906,9 @@ class _Manager:
                     if len(ready) != 1 or ready[0][0] != fd:
                         return  # time is up, or the manager has work
                     continue
-                if spin_until and not polling:
+                if spin_ns:
                     spin.found()
+                    spin_ns = 0
                 self._decode(w, settled, meta, view)
                 if n == 0:
                     return  # end of file: the manager sees it too

@@ -125,21 +125,25 @@ def _loop(call_fd: int, out: ch.Writer, max_memory: int | None) -> None:
     loads, dumps, proto = pickle.loads, pickle.dumps, pickle.HIGHEST_PROTOCOL
     take, read_frames = dec.take, dec.read_frames
     rss = ch.rss
+    # Out of calls, the worker reads on for ch.SPIN before it sleeps in poll
+    # (see ch.Spin); where there is no poll, it sleeps in read at once.
     spin = ch.Spin() if hasattr(select, "poll") else None
     if spin is not None:
+        os.set_blocking(call_fd, False)
         poller = select.poll()
         poller.register(call_fd, select.POLLIN)
-        ready = poller.poll
+        sleep = poller.poll
     while True:
-        if spin is not None and spin.first():  # out of calls: look a moment before sleeping
-            until = monotonic() + ch.SPIN
-            while not ready(0):
-                if monotonic() >= until:
-                    spin.missed()
-                    break
-            else:
-                spin.found()
-        n, meta, view = read_frames(call_fd)
+        spun = spin is not None and spin.first()
+        n, meta, view = read_frames(call_fd, ch.SPIN_NS if spun else 0)
+        if n < 0 and not meta and spin is not None:
+            if spun:
+                spin.missed()
+            while n < 0 and not meta:
+                sleep()
+                n, meta, view = read_frames(call_fd)
+        elif spun:
+            spin.found()
         if n == 0:
             os._exit(0)  # the parent is gone
         while meta:

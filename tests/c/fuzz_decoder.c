@@ -232,7 +232,7 @@ static void fz_drain(fz_run *r) {
             int64_t status[4] = {1, 1, 0, 0};
             int via_read_many = r->takes++ & 1;
             if (via_read_many) {
-                n = px_decoder_read_many(r->d, -1, meta, r->many, &base, status);
+                n = px_decoder_read_many(r->d, -1, meta, r->many, &base, status, 0);
                 /* No read asked; status[1] is the sticky error after the take:
                  * the call's own when it failed, else the reference's once
                  * every good frame is out and its bad header was fed. */

@@ -829,6 +829,64 @@ static void test_decoder_next_many(void) {
     t_stream_free(&st);
 }
 
+typedef struct {
+    int fd;
+    const t_stream *st;
+    long delay_us;
+} t_delayed_arg;
+
+static void *t_delayed_writer_main(void *arg) {
+    t_delayed_arg *a = arg;
+    usleep((useconds_t)a->delay_us);
+    if (a->st != NULL) t_write_all(a->fd, a->st->s.p, a->st->s.n);
+    close(a->fd);
+    return NULL;
+}
+
+/* read_many with spin_ns: an empty pipe is read again until the time is up;
+ * bytes or end of file end the spin at once; a frame already complete is
+ * returned without spinning. */
+static void test_decoder_read_many_spins(void) {
+    int p[2];
+    CHECK_EQ(px_pipe(p, 1, 0), 0);
+    px_decoder *d = t_decoder(1000);
+    uint64_t meta[4 * 4];
+    const char *base = NULL;
+    int64_t status[4];
+    int64_t t0 = t_now_ns();
+    CHECK_EQ(px_decoder_read_many(d, p[0], meta, 4, &base, status, 3000000), 0);
+    CHECK_EQ(status[0], -EAGAIN);
+    CHECK(t_now_ns() - t0 >= 3000000); /* it did spin its 3 ms */
+    /* A frame written 20 ms into a 30 s spin: taken as it comes. */
+    t_stream st = {0};
+    t_frame(&st, PX_KIND_RESULT, 0, 7, 10);
+    t_delayed_arg a = {p[1], &st, 20000};
+    pthread_t th;
+    CHECK_EQ(pthread_create(&th, NULL, t_delayed_writer_main, &a), 0);
+    t0 = t_now_ns();
+    int n = px_decoder_read_many(d, p[0], meta, 4, &base, status, 30000000000LL);
+    int64_t took = t_now_ns() - t0;
+    pthread_join(th, NULL);
+    CHECK_EQ(n, 1);
+    CHECK_EQ(status[0], (int64_t)st.s.n);
+    CHECK(meta[1] == 7 && meta[3] == 10);
+    CHECK(took < 10000000000LL);
+    /* Writer closed: end of file ends the spin. */
+    CHECK_EQ(px_decoder_read_many(d, p[0], meta, 4, &base, status, 30000000000LL), 0);
+    CHECK_EQ(status[0], 0);
+    close(p[0]);
+    /* A complete frame already held: returned, no read needed, no spin. */
+    CHECK_EQ(px_pipe(p, 1, 0), 0);
+    CHECK_EQ(px_decoder_feed(d, st.s.p, st.s.n), 0);
+    t0 = t_now_ns();
+    CHECK_EQ(px_decoder_read_many(d, p[0], meta, 4, &base, status, 30000000000LL), 1);
+    CHECK(t_now_ns() - t0 < 10000000000LL);
+    close(p[0]);
+    close(p[1]);
+    px_decoder_free(d);
+    t_stream_free(&st);
+}
+
 /* ---- writer ------------------------------------------------------------ */
 
 static void test_writev_bad_count(void) {
@@ -1420,6 +1478,7 @@ static void test_waiter_many_fds(void) {
     X(decoder_feed_without_next)                        \
     X(decoder_payloads_valid_until_feed)                \
     X(decoder_next_many)                                \
+    X(decoder_read_many_spins)                          \
     X(writev_bad_count)                                 \
     X(writev_many_buffers)                              \
     X(writev_blocking_big_with_signals)                 \
