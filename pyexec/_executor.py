@@ -322,6 +322,13 @@ def _batched(iterable: Iterable, n: int) -> Iterator[tuple]:
         yield batch
 
 
+def _sliced(seq: range | list | tuple, n: int) -> Iterator[range | list | tuple]:
+    """A range, list or tuple in chunks of n, by slicing: a range's chunks are
+    ranges (a few bytes to pickle; the worker makes the ints), a list's are
+    made by one copy instead of an iterator step per item."""
+    return (seq[i : i + n] for i in range(0, len(seq), n))
+
+
 def _result_or_cancel(fut: Future, timeout: float | None = None) -> Any:
     try:
         try:
@@ -498,8 +505,16 @@ class ProcessPoolExecutor(Executor):
             items, star = zip(*iterables, strict=False), True
         if chunksize == 1:
             return self._map(fn, star, items, timeout, buffersize)
+        chunks: Iterator[Any]
+        seq = iterables[0]
+        if not star and buffersize is None and type(seq) in (range, list, tuple):
+            # Sliced now, as a whole: the stdlib also takes every item before
+            # map returns, so a list changed afterwards changes nothing.
+            chunks = _sliced(seq, chunksize)
+        else:
+            chunks = _batched(items, chunksize)
         chunker = partial(_process_chunk, fn, star)
-        results = self._map(chunker, False, _batched(items, chunksize), timeout, buffersize)
+        results = self._map(chunker, False, chunks, timeout, buffersize)
         return itertools.chain.from_iterable(results)
 
     def _map(

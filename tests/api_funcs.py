@@ -59,6 +59,10 @@ def add(a: Any, b: Any) -> Any:
     return a + b
 
 
+def inverse(x: Any) -> Any:
+    return 1 / x
+
+
 def add3(a: Any, b: Any, c: Any) -> Any:
     return a + b + c
 

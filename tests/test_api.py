@@ -22,6 +22,7 @@ from api_funcs import (
     add3,
     getpid,
     ident,
+    inverse,
     raise_custom,
     raised,
     side_by_side,
@@ -153,6 +154,32 @@ def test_submit_and_map_results_in_order(ctx):
     assert chunked == [2 * i for i in range(103)]
     assert empty == []
     assert short == ["ax", "by"]
+
+
+@pytest.mark.timeout(60)
+def test_chunked_map_over_ranges_lists_and_tuples():
+    """A range, list or tuple is chunked by slicing (a range's chunks travel as
+    ranges): same results as the stdlib for uneven, reversed, empty and
+    oversized chunks, and a list changed after map returns changes nothing."""
+
+    def scenario(cls):
+        with cls(2) as ex:
+            data = [str(i) for i in range(20)]
+            later = ex.map(ident, data, chunksize=3)
+            data[0] = "changed"
+            data.append("appended")
+            return (
+                list(ex.map(ident, range(103), chunksize=7)),
+                list(ex.map(ident, range(100, -50, -3), chunksize=4)),
+                list(ex.map(ident, range(0), chunksize=5)),
+                list(ex.map(ident, tuple(range(6)), chunksize=10)),
+                list(later),
+                raised(lambda: list(ex.map(inverse, range(-3, 3), chunksize=2))),
+            )
+
+    got = side_by_side(scenario)
+    assert got["pyexec"] == got["stdlib"]
+    assert got["pyexec"][0] == list(range(103)) and got["pyexec"][4][0] == "0"
 
 
 @pytest.mark.timeout(60)
