@@ -16,6 +16,7 @@ import errno
 import os
 import struct
 from collections import deque
+from collections.abc import Iterable
 from pathlib import Path
 
 from ._version import __version__
@@ -321,6 +322,16 @@ class Decoder:
             rc = status[0]
             if rc != -errno.EINTR or n:  # else: signal handlers have run, read again
                 return (self._read_result(rc), *self._frames(n, status))
+
+    @staticmethod
+    def each(meta: tuple[int, ...]) -> Iterable[tuple[int, ...]]:
+        """The frames of a take's meta, as (kind | flags << 8, id, offset,
+        length) each. A single frame, the usual case on a round trip, costs
+        no zip (a third of a microsecond, half again with strict=True)."""
+        if len(meta) == 4:
+            return (meta,)
+        it = iter(meta)
+        return zip(it, it, it, it)  # noqa: B905 - the core gives 4 values per frame
 
     def drained(self, meta: tuple[int, ...]) -> bool:
         """True when the frames just taken (meta) were the last complete ones:

@@ -1346,9 +1346,9 @@ class _Manager:
         FLAG_RECYCLE = ch.FLAG_RECYCLE
         k = failed = 0
         try:
+            each = ch.Decoder.each
             while meta:
-                it = iter(meta)
-                for word, tid, off, size in zip(it, it, it, it, strict=True):
+                for word, tid, off, size in each(meta):
                     kind = word & 0xFF
                     buf = view[off : off + size]
                     if kind == KIND_RESULT or kind == KIND_ERROR:
@@ -1418,7 +1418,10 @@ class _Manager:
             # and sent; for longer calls the round trip is noise and one call
             # per worker spreads them best.
             least = 2 if st < WINDOW_PAIR else 1
-            self.window = max(least, min(WINDOW_MAX, per))
+            # Not max(least, min(WINDOW_MAX, per)): the builtins parse their
+            # keywords on every call, 0.4 us against 0.1 here, each result.
+            per = per if per < WINDOW_MAX else WINDOW_MAX
+            self.window = per if per > least else least
 
     def _protocol_error(self, w: Worker, why: str) -> None:
         """A malformed stream: the worker counts as dead."""

@@ -164,8 +164,7 @@ def _run_frames(meta, view, out, loads, dumps, proto, rss, max_memory) -> bool:
     """
     KIND_CALL, KIND_BATCH = ch.KIND_CALL, ch.KIND_BATCH
     send = out.send
-    it = iter(meta)
-    for word, tid, off, size in zip(it, it, it, it, strict=True):
+    for word, tid, off, size in ch.Decoder.each(meta):
         kind = word & 0xFF
         if kind == KIND_CALL:
             buf = view[off : off + size]

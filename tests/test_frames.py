@@ -464,6 +464,21 @@ def test_take_points_into_decoder():
     assert dec.take() == ((), None)
 
 
+def test_each_splits_meta_into_frames():
+    """Decoder.each: one (word, id, offset, length) per frame, for one frame
+    (returned as it is) and for several."""
+    for count in (1, 3):
+        dec = Decoder()
+        for i in range(count):
+            dec.feed(encode(ch.KIND_RESULT, 10 + i, b"x" * i, flags=i % 2))
+        meta, view = dec.take()
+        frames = [tuple(f) for f in Decoder.each(meta)]
+        assert [(w & 0xFF, w >> 8, tid, size) for w, tid, _off, size in frames] == [
+            (ch.KIND_RESULT, i % 2, 10 + i, i) for i in range(count)
+        ]
+        assert all(bytes(view[off : off + size]) == b"x" * size for _w, _t, off, size in frames)
+
+
 def test_take_keeps_its_view_until_the_buffer_moves():
     """The view take returns is made once per buffer: the same object while the
     core's buffer stays put, a new one (right bytes included) once it grew."""
