@@ -152,9 +152,9 @@ int px_decoder_next_many(px_decoder *d, uint64_t *out, int max, const char **bas
  * answer within microseconds then pays no sleep and wake-up, and no trip
  * back into the interpreter per try. Any other outcome of a read ends the
  * spin; a signal does not (reads that do not block are not interrupted), so
- * its Python handler runs at most spin_ns late. Each call from Python releases the GIL and
- * takes it back, and while another thread wants it that round trip costs far
- * more than the call. status[0] gets the read's result (-EAGAIN when fd < 0);
+ * its Python handler runs at most spin_ns late. Each call from Python
+ * releases the GIL and takes it back, and while another thread wants it
+ * that round trip costs far more than the call. status[0] gets the read's result (-EAGAIN when fd < 0);
  * status[1] the sticky error after the take, or 0: so the caller knows
  * without one more call that the frames it got were followed by a malformed
  * one. status[2] and status[3] are the buffer's address and capacity: while

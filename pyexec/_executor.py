@@ -311,7 +311,7 @@ def _settle_all(outcomes: list) -> None:
         task.settle(value, exc)
 
 
-def _process_chunk(fn: Callable, star: bool, chunk: tuple) -> list:
+def _process_chunk(fn: Callable, star: bool, chunk: Iterable) -> list:
     """Run fn over one chunk of map's items (in the worker)."""
     return list(itertools.starmap(fn, chunk) if star else map(fn, chunk))
 

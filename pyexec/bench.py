@@ -5,9 +5,9 @@ and worker count, interleaved: run 1 of every pool, then run 2 of every pool
 (in a rotated order), and so on, so a noisy neighbour slows every pool alike.
 Each timed run uses a fresh pool that has already returned a result (warmed
 up), except ``startup``, which times exactly that; ``latency`` first makes a
-tenth of its round trips untimed, as the floor program does. A cell is the median over
-``--repeats`` runs and its speed-up over ``concurrent.futures`` (higher is
-better, whatever the unit).
+tenth of its round trips untimed, as the floor program does. A cell is the
+median over ``--repeats`` runs and its speed-up over ``concurrent.futures``
+(higher is better, whatever the unit).
 
 The ``scale`` workload maps over a million items with default arguments, each
 pool in a fresh subprocess, whose peak RSS is then the pool's parent side
@@ -275,9 +275,9 @@ def run_chunked_map(pool: Pool, n: int) -> float:
 
 def run_latency(pool: Pool, n: int) -> float:
     """n sequential submit().result(), after n // 10 untimed ones as the floor
-    program makes (a fresh pool's first round trips are slower: pages copied
-    on first write after the fork, processes not yet spread over the CPUs):
-    microseconds per round trip."""
+    program makes (a fresh pool's first few hundred round trips are slower:
+    the parent and its worker often start on one CPU, until the scheduler
+    spreads them): microseconds per round trip."""
     for i in range(n // 10):
         _check(pool.result(pool.submit(identity, i)) == i, "latency")
     t0 = time.perf_counter()

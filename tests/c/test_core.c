@@ -673,10 +673,12 @@ typedef struct {
     int fd;
     const t_stream *st;
     int rc;
+    long delay_us; /* before the first byte */
 } t_writer_arg;
 
 static void *t_writer_main(void *arg) {
     t_writer_arg *a = arg;
+    if (a->delay_us > 0) usleep((useconds_t)a->delay_us);
     a->rc = t_write_all(a->fd, a->st->s.p, a->st->s.n);
     close(a->fd);
     return NULL;
@@ -694,7 +696,7 @@ static void test_decoder_large_frames_through_pipe(void) {
     t_frame(&st, PX_KIND_RESULT, 0, 99, 3);
     int p[2];
     CHECK_EQ(px_pipe(p, 0, 0), 0);
-    t_writer_arg a = {p[1], &st, -1};
+    t_writer_arg a = {p[1], &st, -1, 0};
     pthread_t th;
     CHECK_EQ(pthread_create(&th, NULL, t_writer_main, &a), 0);
     px_decoder *d = t_decoder(16u << 20);
@@ -829,20 +831,6 @@ static void test_decoder_next_many(void) {
     t_stream_free(&st);
 }
 
-typedef struct {
-    int fd;
-    const t_stream *st;
-    long delay_us;
-} t_delayed_arg;
-
-static void *t_delayed_writer_main(void *arg) {
-    t_delayed_arg *a = arg;
-    usleep((useconds_t)a->delay_us);
-    if (a->st != NULL) t_write_all(a->fd, a->st->s.p, a->st->s.n);
-    close(a->fd);
-    return NULL;
-}
-
 /* read_many with spin_ns: an empty pipe is read again until the time is up;
  * bytes or end of file end the spin at once; a frame already complete is
  * returned without spinning. */
@@ -860,13 +848,14 @@ static void test_decoder_read_many_spins(void) {
     /* A frame written 20 ms into a 30 s spin: taken as it comes. */
     t_stream st = {0};
     t_frame(&st, PX_KIND_RESULT, 0, 7, 10);
-    t_delayed_arg a = {p[1], &st, 20000};
+    t_writer_arg a = {p[1], &st, -1, 20000};
     pthread_t th;
-    CHECK_EQ(pthread_create(&th, NULL, t_delayed_writer_main, &a), 0);
+    CHECK_EQ(pthread_create(&th, NULL, t_writer_main, &a), 0);
     t0 = t_now_ns();
     int n = px_decoder_read_many(d, p[0], meta, 4, &base, status, 30000000000LL);
     int64_t took = t_now_ns() - t0;
     pthread_join(th, NULL);
+    CHECK_EQ(a.rc, 0);
     CHECK_EQ(n, 1);
     CHECK_EQ(status[0], (int64_t)st.s.n);
     CHECK(meta[1] == 7 && meta[3] == 10);
