@@ -121,6 +121,7 @@ class _Task:
         "index",
         "job",
         "kill",
+        "owner",
         "payload",
         "started",
         "t0",
@@ -138,6 +139,7 @@ class _Task:
         job: _MapJob | None = None,
         index: int = 0,
         args: tuple = (),
+        owner: _Manager | None = None,
     ) -> None:
         self.tid = tid
         self.future = future
@@ -150,6 +152,7 @@ class _Task:
         self.kill: str | None = None  # "terminate" once terminate_task asked
         self.t0 = 0.0  # when its worker said it started (calls with a deadline)
         self.where: tuple[_Manager, Worker] | None = None  # set when submit wrote it itself
+        self.owner = owner  # the pool's manager (a submitted call): terminate_task checks it
 
     def start(self) -> bool:
         """Mark it running, as the stdlib does at dispatch; False if it was cancelled."""
@@ -455,7 +458,7 @@ class ProcessPoolExecutor(Executor):
                 future.set_exception(failure)
                 return future
             mgr = self._mgr or self._start()
-            task = _Task(next(self._ids), future, payload, timeout)
+            task = _Task(next(self._ids), future, payload, timeout, owner=mgr)
             future._pyexec_task = task  # for terminate_task
             mgr.submitted += 1
             if (
@@ -635,21 +638,23 @@ class ProcessPoolExecutor(Executor):
         killed and replaced, and its future raises ``pyexec.TaskTerminated``.
 
         Returns False when the future had already finished, True otherwise.
+        Raises ValueError, and changes nothing, for a future this executor did
+        not return.
         """
         self._check_owner()
-        if future.done():
-            return False
-        if future.cancel():
-            return True
         task = getattr(future, "_pyexec_task", None)
         if task is None:
             if future.done():
-                return False  # settled meanwhile (which drops the task)
+                return False  # settled (which drops the task)
             raise ValueError("that future does not belong to a pyexec executor")
         with self._lock:
             mgr = self._mgr
-        if mgr is None or future.done():
-            return not future.done()
+        if task.owner is not mgr:
+            raise ValueError("that future belongs to another pyexec executor")
+        if future.cancel():
+            return True
+        if future.done():
+            return False
         mgr.request_terminate(task)
         return True
 

@@ -13,6 +13,7 @@ import concurrent.futures as cf
 import os
 import signal
 import statistics
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -359,6 +360,36 @@ def test_terminate_pending_running_finished(ctx, tmp_path):
         stats = ex.stats()
     assert stats.workers_replaced == 1
     assert (stats.submitted, stats.completed, stats.failed) == (3, 1, 1)  # and one cancelled
+
+
+@pytest.mark.timeout(60)
+def test_terminate_refuses_a_future_it_did_not_return(tmp_path):
+    """Another pool's future, running or pending, and a stdlib future: ValueError,
+    from a pool that runs and from one never used, and each call goes on
+    untouched (it once cancelled the pending ones, and marked the running one
+    in the other pool)."""
+    startfile = tmp_path / "start"
+    with (
+        pyexec.ProcessPoolExecutor(1) as mine,
+        pyexec.ProcessPoolExecutor(1) as unused,
+        pyexec.ProcessPoolExecutor(1) as other,
+        cf.ThreadPoolExecutor(1) as threads,
+    ):
+        assert mine.submit(square, 2).result(timeout=30) == 4
+        running = other.submit(started_then_sleep, str(startfile), 0.5)
+        pending = other.submit(square, 5)
+        _wait_for(startfile.exists, what="the other pool's call to start")
+        gate = threading.Event()
+        blocker = threads.submit(gate.wait, 30)
+        stdlib_pending = threads.submit(square, 6)
+        for pool in (mine, unused):
+            for foreign in (running, pending, stdlib_pending):
+                with pytest.raises(ValueError):
+                    pool.terminate_task(foreign)
+        gate.set()
+        assert blocker.result(timeout=30) is True and stdlib_pending.result(timeout=30) == 36
+        assert pending.result(timeout=30) == 25
+        assert running.result(timeout=30) > 0 and other.stats().workers_replaced == 0
 
 
 @pytest.mark.timeout(60)
