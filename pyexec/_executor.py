@@ -151,8 +151,8 @@ class _Task:
         self.started = False  # RUNNING already (a requeued call)
         self.kill: str | None = None  # "terminate" once terminate_task asked
         self.t0 = 0.0  # when its worker said it started (calls with a deadline)
-        self.where: tuple[_Manager, Worker] | None = None  # set when submit wrote it itself
         self.owner = owner  # the pool's manager (a submitted call): terminate_task checks it
+        self.where: Worker | None = None  # the worker submit wrote it to itself (direct)
 
     def start(self) -> bool:
         """Mark it running, as the stdlib does at dispatch; False if it was cancelled."""
@@ -192,16 +192,15 @@ class _Task:
     def watch(self) -> None:
         """Someone waits on this call other than through wait_here: make sure the
         manager watches its worker's results (see _Manager.help)."""
-        where = self.where
-        if where is not None and where[1] in where[0].masked:
-            where[0].unmask(where[1])
+        w = self.where
+        if w is not None and w in self.owner.masked:
+            self.owner.unmask(w)
 
     def wait_here(self, end: float | None) -> None:
         """Wait for the result in the calling thread if the manager is idle (see
         _Manager.help); return when settled, or at once when that cannot be."""
-        where = self.where
-        if where is not None:
-            where[0].help(self, where[1], end)
+        if self.where is not None:
+            self.owner.help(self, self.where, end)
 
     def cancel(self) -> bool:
         """Cancel a call that has not started; False if it is running."""
@@ -828,7 +827,7 @@ class _Manager:
                 if not task.start():
                     return True
                 w.inflight.append(task)
-                task.where = (self, w)
+                task.where = w
                 w.mark = time.monotonic()
                 if w.quota is not None:
                     w.quota -= 1
@@ -851,8 +850,7 @@ class _Manager:
             return
         try:
             if w in self.masked:  # not forgotten meanwhile: its fd is open
-                self.waiter.modify(w.result_fd, ch.READABLE)
-                self.masked.discard(w)
+                self._rearm(w)
         finally:
             self.dispatch_lock.release()
 
@@ -901,9 +899,9 @@ class _Manager:
         if poll is None:
             poll = self.help_poll = select.poll()
             poll.register(self.waiter_fd, select.POLLIN)
-        fd, waiter, inflight = w.result_fd, self.waiter, w.inflight
+        fd, inflight = w.result_fd, w.inflight
         if w not in self.masked:
-            waiter.modify(fd, 0)
+            self.waiter.modify(fd, 0)
             self.masked.add(w)
         read_frames = w.reader.read_frames
         spin = self.spin
@@ -938,8 +936,7 @@ class _Manager:
             if polling:
                 poll.unregister(fd)
             if inflight:  # calls no one may wait on here: the manager's again
-                waiter.modify(fd, ch.READABLE)
-                self.masked.discard(w)
+                self._rearm(w)
             if settled and (self.pending or w.recycle or w.quota == 0):
                 self.wake()  # work to dispatch, or a worker to retire
 
@@ -1047,9 +1044,13 @@ class _Manager:
 
     def _unmask(self) -> None:
         """Watch again the result fds that help() left out of the waiter."""
-        for w in self.masked:
-            self.waiter.modify(w.result_fd, ch.READABLE)
-        self.masked.clear()
+        for w in list(self.masked):
+            self._rearm(w)
+
+    def _rearm(self, w: Worker) -> None:
+        """Put w's result fd, masked by help(), back in the waiter (dispatch_lock held)."""
+        self.waiter.modify(w.result_fd, ch.READABLE)
+        self.masked.discard(w)
 
     def _drain_wake(self) -> None:
         try:
@@ -1339,7 +1340,7 @@ class _Manager:
                 # the interpreter's switch interval.
                 return True
 
-    def _decode(self, w: Worker, out: list, meta: list, view: Any) -> None:
+    def _decode(self, w: Worker, out: list, meta: tuple[int, ...], view: Any) -> None:
         """Unpickle every complete frame now, those of (meta, view) that a read
         took first (see Decoder.read_frames), appending (task, value,
         exception) to out, to settle later outside any loop state. What was
