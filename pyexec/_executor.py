@@ -685,15 +685,15 @@ class ProcessPoolExecutor(Executor):
             )
 
     def _start(self) -> _Manager:
-        """Start the manager (under self._lock). Under fork, fork the zygote first,
-        while no pyexec thread of this pool runs."""
+        """Start the manager (under self._lock). Under fork, fork the first worker
+        and the zygote first, while no pyexec thread runs."""
         if self._start_method == "fork":
             # One worker forked at once for the first call; more as the backlog
             # asks (forking all of them up front made startup 1.5x slower).
-            # Other pools' manager threads are parked around the fork.
+            # Other pools' manager threads are parked around the forks.
             parked = [m for m in list(_managers) if m.pid == os.getpid() and m.park()]
             try:
-                launcher: Any = ZygoteLauncher(self._config, 1)
+                launcher: Any = ZygoteLauncher(self._config)
             finally:
                 for m in parked:
                     m.unpark()
@@ -993,10 +993,14 @@ class _Manager:
             if self.parking:
                 self.parked = True  # a safe point: run() keeps everything open
                 return
+            for w in self.launcher.take_ready():
+                self._add_worker(w)
             self._control()
             if self.broken is None:
                 self._adjust_workers()
                 self._dispatch()
+                if self._no_more_workers():
+                    self.launcher.quit()  # the zygote exits beside the last workers
             if self._finished():
                 return
             # "Sleeping" is said before the last look at pending: a submit that
@@ -1024,10 +1028,12 @@ class _Manager:
                 if fd == self.launcher.fd:
                     if not self.launcher.receive():
                         self.waiter.remove(fd)
-                        self.starting = 0
-                        self._break(
-                            f"{_BROKEN_PREFIX}: pyexec's fork zygote (pid {self.launcher.pid}) died"
-                        )
+                        if not self.launcher.quitting:  # else it exited as told
+                            self.starting = 0
+                            self._break(
+                                f"{_BROKEN_PREFIX}: pyexec's fork zygote "
+                                f"(pid {self.launcher.pid}) died"
+                            )
                     continue
                 w = by_fd.get(fd)
                 if w is None or w.state == "dead":
@@ -1039,8 +1045,6 @@ class _Manager:
                 elif fd == w.call_fd:
                     self._flush(w)
             self._check_deadlines()
-            for w in self.launcher.take_ready():
-                self._add_worker(w)
 
     def _unmask(self) -> None:
         """Watch again the result fds that help() left out of the waiter."""
@@ -1077,6 +1081,15 @@ class _Manager:
             task.kill = "terminate"
         if not self.stop and self.executor_ref() is None:
             self.stop = True
+
+    def _no_more_workers(self) -> bool:
+        """Stopping, nothing left to run or to start: no worker is needed again."""
+        return (
+            (self.stop or _global_shutdown)
+            and not self.pending
+            and not self.starting
+            and all(w.state != "up" and not w.inflight for w in self.workers)
+        )
 
     def _finished(self) -> bool:
         live = any(w.state != "dead" for w in self.workers) or self.starting

@@ -7,11 +7,17 @@ Starting one is safe from the manager thread (nothing is forked there).
 
 fork: the parent is forked once, into a *zygote*, while no pyexec thread runs
 (before the manager thread starts). The zygote is single-threaded; it forks
-every worker of the executor, the first ones and their replacements alike, and
+the workers asked for later (more as the backlog grows, and replacements), and
 hands the parent each worker's pipe ends and sentinel over a unix socket
 (SCM_RIGHTS). So workers inherit the parent's state as of the first submit, as
 the standard library's fork workers do, and replacing a worker never forks a
-multi-threaded process.
+multi-threaded process. The first worker is forked by the parent itself, at
+the same moment as the zygote: a worker forked by a fresh zygote is ready about
+2 ms later (two forks in a row, each child first paying its copy-on-write
+faults). That worker's parent is the thread that called submit(), which may
+end before the pool, so it cannot ask the kernel for a parent-death signal;
+the zygote holds a pidfd of it instead and kills it, with its own workers, when
+the pool's process is gone (Linux; elsewhere the zygote forks every worker).
 """
 
 from __future__ import annotations
@@ -36,6 +42,21 @@ from ._worker import InheritFd, WorkerConfig, main
 
 # zygote <-> parent records: a command byte and two int32s.
 _REC = struct.Struct("<cii")
+
+
+def _have_pidfd() -> bool:
+    """Whether this kernel and Python can hand a pidfd to the zygote (Linux 5.3+)."""
+    if not hasattr(os, "pidfd_open") or not hasattr(signal, "pidfd_send_signal"):
+        return False
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except OSError:
+        return False
+    return True
+
+
+# The parent forks the first worker itself (see the module's docstring).
+PARENT_FORKS_FIRST = _have_pidfd()
 
 
 class Worker:
@@ -91,13 +112,20 @@ class ProcessLauncher:
 
     fd = -1  # nothing to watch: start() returns the worker itself
 
-    def __init__(self, ctx: Any, config: WorkerConfig) -> None:
+    def __init__(self, ctx: Any, config: WorkerConfig, deathsig: bool = True) -> None:
+        """deathsig False: the worker asks for no parent-death signal (someone
+        else kills it when the pool's process dies)."""
         self._ctx = ctx
         self._config = config
+        self._deathsig = deathsig
+        self._fork = ctx.get_start_method() == "fork"
         # spawn forks each worker from the thread that starts it, and the
         # worker's parent-death signal (_worker._die_with_parent) fires when
         # that thread ends, not the process: the thread must outlive them.
         self.thread_bound = ctx.get_start_method() == "spawn"
+
+    def quit(self) -> None:
+        """Nothing to tell: no worker will be asked for again."""
 
     def take_ready(self) -> list[Worker]:
         """Workers started since the last call: none, start() returns them."""
@@ -107,12 +135,14 @@ class ProcessLauncher:
         """Start one worker now."""
         call_r, call_w = ch.make_pipe(False, True)
         res_r, res_w = ch.make_pipe(True, False)
-        ch.own_fd(call_r)
-        ch.own_fd(res_w)
+        # A forked worker must close the parent's ends (its after-fork hook
+        # closes owned fds); any other child forked meanwhile, the worker's ends.
+        for fd in (call_w, res_r) if self._fork else (call_r, res_w):
+            ch.own_fd(fd)
         try:
             proc = self._ctx.Process(
                 target=main,
-                args=(InheritFd(call_r), InheritFd(res_w), self._config),
+                args=(InheritFd(call_r), InheritFd(res_w), self._config, self._deathsig),
             )
             proc.start()
         except BaseException:
@@ -122,7 +152,7 @@ class ProcessLauncher:
         finally:
             ch.close_fd(call_r)
             ch.close_fd(res_w)
-        return Worker(proc.pid, call_w, res_r, proc.sentinel, proc)
+        return Worker(proc.pid, call_w, res_r, ch.own_fd(proc.sentinel), proc)
 
     def exitcode(self, w: Worker, timeout: float) -> int | None:
         """The exit status of a worker whose sentinel fired (None if unknown)."""
@@ -143,7 +173,9 @@ class ProcessLauncher:
             w._proc.join(0)
             w._proc.close()
         except ValueError:
-            pass
+            pass  # still running: the Process keeps its sentinel
+        else:
+            ch.disown_fd(w.sentinel)  # closed by close()
 
     def close(self) -> None:
         """Nothing to close."""
@@ -154,28 +186,54 @@ class ZygoteLauncher:
 
     thread_bound = False  # the zygote is the workers' parent
 
-    def __init__(self, config: WorkerConfig, initial: int) -> None:
-        """Fork the zygote, which forks `initial` workers at once, unasked:
-        the first call need not wait for a request's round trip."""
-        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        ch.own_fd(parent.fileno())
-        pid = os.fork()
-        if pid == 0:  # the zygote
-            code = 1
-            try:
-                parent.detach()  # closed by the after-fork hook already
-                _zygote(child, config, initial)
-                code = 0
-            finally:
-                os._exit(code)
-        child.close()
-        self._sock = parent
-        self.pid = pid
-        self.fd = parent.fileno()
+    def __init__(self, config: WorkerConfig) -> None:
+        """Fork the first worker, then the zygote: the first call need not wait
+        for a request's round trip, nor for the zygote."""
         self._codes: dict[int, int] = {}
         self._ready: list[Worker] = []
-        self.initial = initial
+        self.initial = 1  # the first worker, on its way
         self.dead = False  # the zygote is gone: signal workers by pid
+        self.quitting = False  # told to exit once its workers are gone (quit())
+        # The parent's own children (the first worker): reaped by the parent.
+        self._direct = ProcessLauncher(multiprocessing.get_context("fork"), config, False)
+        adopted: list[int] = []  # pidfds the zygote inherits, to kill them with its own
+        first = parent = child = None
+        try:
+            if PARENT_FORKS_FIRST:
+                first = self._direct.start()
+                self._ready.append(first)
+                try:
+                    adopted.append(os.pidfd_open(first.pid))  # not reaped: still its pid
+                except OSError:
+                    pass  # reaped already (by an os.wait() elsewhere): it is dead
+            # Made after that fork: the zygote's end must be in the zygote alone,
+            # or the parent would not see end of file when the zygote dies.
+            parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            self._sock = parent
+            self.fd = ch.own_fd(parent.fileno())
+            pid = os.fork()
+            if pid == 0:  # the zygote
+                code = 1
+                try:
+                    parent.detach()  # closed by the after-fork hook already
+                    _zygote(child, config, 0 if first else 1, adopted)
+                    code = 0
+                finally:
+                    os._exit(code)
+        except BaseException:
+            if first is not None:
+                self._direct.kill(first)
+                first._proc.join()
+                self._direct.release(first)
+            if parent is not None:
+                ch.close_fd(parent.detach())
+            raise
+        finally:
+            if child is not None:
+                child.close()
+            for fd in adopted:
+                os.close(fd)
+        self.pid = pid
 
     def request(self) -> None:
         """Ask the zygote for one more worker; it arrives through take_ready().
@@ -183,6 +241,17 @@ class ZygoteLauncher:
         Raises OSError when the zygote is gone.
         """
         self._sock.sendall(_REC.pack(b"S", 0, 0))
+
+    def quit(self) -> None:
+        """Tell the zygote no worker will be asked for again: it exits once its
+        last worker is reaped (meanwhile the others exit too), and leaves the
+        parent's own workers alone."""
+        if not self.quitting and not self.dead:
+            self.quitting = True
+            try:
+                self._sock.sendall(_REC.pack(b"Q", 0, 0))
+            except OSError:
+                pass
 
     def receive(self) -> bool:
         """Read the records that are there (the socket was reported readable).
@@ -211,6 +280,8 @@ class ZygoteLauncher:
         self._sock.settimeout(timeout)
         try:
             data, fds, _flags, _addr = socket.recv_fds(self._sock, _REC.size, 3)
+        except ConnectionResetError:  # it died with a request of ours unread
+            data, fds = b"", []
         finally:
             self._sock.settimeout(None)
         while data and len(data) < _REC.size:
@@ -236,6 +307,8 @@ class ZygoteLauncher:
 
     def exitcode(self, w: Worker, timeout: float) -> int | None:
         """The exit status the zygote reports for a worker whose sentinel fired."""
+        if w._proc is not None:
+            return self._direct.exitcode(w, timeout)
         deadline = time.monotonic() + timeout
         while w.pid not in self._codes:
             left = deadline - time.monotonic()
@@ -254,6 +327,8 @@ class ZygoteLauncher:
         Once the zygote is gone, signal the pid directly, but only while the
         worker's sentinel shows it alive (a dead worker's pid may be reused).
         """
+        if w._proc is not None:
+            return self._direct.kill(w, sig)
         if not self.dead:
             try:
                 self._sock.sendall(_REC.pack(b"K", w.pid, sig))
@@ -268,6 +343,8 @@ class ZygoteLauncher:
 
     def release(self, w: Worker) -> None:
         """Close a dead worker's sentinel."""
+        if w._proc is not None:
+            return self._direct.release(w)
         ch.close_fd(w.sentinel)
 
     def close(self) -> None:
@@ -279,8 +356,9 @@ class ZygoteLauncher:
             pass
 
 
-def _zygote(sock: socket.socket, config: WorkerConfig, initial: int) -> None:
-    """The zygote's loop: start workers on request, report their exits."""
+def _zygote(sock: socket.socket, config: WorkerConfig, initial: int, adopted: list[int]) -> None:
+    """The zygote's loop: start workers on request, report their exits, kill
+    them all (and the parent's own, adopted as pidfds) when the parent is gone."""
     from multiprocessing import process
     from multiprocessing.connection import wait
 
@@ -288,12 +366,15 @@ def _zygote(sock: socket.socket, config: WorkerConfig, initial: int) -> None:
     process._children.clear()  # the parent's children are not ours
     ch.own_fd(sock.fileno())  # workers forked from here close it
     ctx = multiprocessing.get_context("fork")
+    for fd in adopted:  # pidfds of the parent's own workers
+        ch.own_fd(fd)  # not for ours
     procs: dict[int, Any] = {}  # sentinel -> Process
     for _ in range(initial):
         proc = _fork_worker(ctx, sock, config)
         procs[proc.sentinel] = proc
     parent_alive = True
-    while parent_alive or procs:
+    quitting = False
+    while (parent_alive and not quitting) or procs:
         ready = wait(([sock] if parent_alive else []) + list(procs))
         for r in ready:
             if r is sock:
@@ -312,9 +393,19 @@ def _zygote(sock: socket.socket, config: WorkerConfig, initial: int) -> None:
                             os.kill(p.pid, signal.SIGKILL)
                         except ProcessLookupError:
                             pass
+                    for fd in adopted:
+                        try:
+                            signal.pidfd_send_signal(fd, signal.SIGKILL)
+                        except OSError:
+                            pass  # exited already
                     continue
                 cmd, pid, sig = _REC.unpack(data)
-                if cmd == b"S":
+                if cmd == b"Q":
+                    quitting = True
+                    for fd in adopted:
+                        ch.close_fd(fd)
+                    adopted.clear()
+                elif cmd == b"S":
                     proc = _fork_worker(ctx, sock, config)
                     procs[proc.sentinel] = proc
                 elif cmd == b"K":

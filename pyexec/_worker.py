@@ -74,7 +74,7 @@ def _dumps_exception(exc: BaseException) -> bytes:
             return pickle.dumps((fallback, tb), pickle.HIGHEST_PROTOCOL)
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(deathsig: bool) -> None:
     """Die when the pool's process dies, even while busy in a long call (Linux).
 
     An idle worker sees end of file on its call pipe; a busy one does not
@@ -85,6 +85,8 @@ def _die_with_parent() -> None:
     process it forks inherits that pipe: the worker closes its copy so a busy
     worker does not keep the forkserver, and so itself, alive. macOS has no
     such signal: there a busy worker finishes its call, then sees end of file.
+    deathsig False: the parent is a thread that may end first; the zygote
+    kills this worker instead (see _launch).
     """
     from multiprocessing import forkserver
 
@@ -95,16 +97,17 @@ def _die_with_parent() -> None:
         except OSError:
             pass
         server._forkserver_alive_fd = None
-    ch.lib.px_parent_death_signal(signal.SIGKILL, os.getppid())
+    if deathsig:
+        ch.lib.px_parent_death_signal(signal.SIGKILL, os.getppid())
 
 
-def main(call: InheritFd, result: InheritFd, config: WorkerConfig) -> None:
+def main(call: InheritFd, result: InheritFd, config: WorkerConfig, deathsig: bool = True) -> None:
     """Entry point of a worker process (the target of its Process)."""
     call_fd, result_fd = call.fd, result.fd
     for fd in (call_fd, result_fd):
         os.set_inheritable(fd, False)
         os.set_blocking(fd, True)
-    _die_with_parent()
+    _die_with_parent(deathsig)
     out = ch.Writer(result_fd)
     if config.initializer is not None:
         try:

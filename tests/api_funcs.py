@@ -148,6 +148,12 @@ def start_probe(_: Any = None) -> tuple[int, int, Any]:
     return os.getpid(), os.getppid(), getattr(main, "RUNTIME_MARK", None)
 
 
+def slow_probe(seconds: float) -> tuple[int, int, Any]:
+    """start_probe after a sleep: calls in a row then need more than one worker."""
+    time.sleep(seconds)
+    return start_probe()
+
+
 # ---- parent side -------------------------------------------------------------
 
 IMPLS: dict[str, Callable[..., Any]] = {
@@ -209,3 +215,20 @@ def touch_then_sleep(directory: str, name: Any, seconds: float) -> None:
     """Create directory/name (the call has started), then sleep: a busy worker."""
     (Path(directory) / str(name)).write_text(str(os.getpid()))
     time.sleep(seconds)
+
+
+def watch_exit(scratch: str) -> int:
+    """In the worker: note a SIGTERM in scratch/term-PID, and a clean exit (the
+    multiprocessing finalizers ran) in scratch/bye-PID."""
+    import signal
+    from multiprocessing import util
+
+    pid = os.getpid()
+
+    def note(name: str) -> None:
+        with open(os.path.join(scratch, f"{name}-{pid}"), "w") as f:
+            f.write("x")
+
+    signal.signal(signal.SIGTERM, lambda *_: note("term"))
+    util.Finalize(None, note, ("bye",), exitpriority=0)
+    return pid

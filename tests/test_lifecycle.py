@@ -25,11 +25,16 @@ from api_funcs import (
     side_by_side,
     sleep_getpid,
     sleep_then,
+    slow_probe,
     square_pid,
+    start_probe,
     wait_gone,
+    watch_exit,
 )
 
 import pyexec
+from pyexec import _launch
+from pyexec._launch import PARENT_FORKS_FIRST
 
 SCRIPTS = Path(__file__).parent / "scripts"
 
@@ -167,6 +172,22 @@ def test_shutdown_wait_false_then_interpreter_exit(method, impl, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["0", "1", "2", "3"]
 
 
+@pytest.mark.timeout(60)
+def test_shutdown_lets_workers_exit_on_their_own(method, tmp_path):
+    """shutdown(): every worker exits by itself (finalizers run), none is signalled,
+    and the pool is not marked broken, round after round."""
+    ctx = multiprocessing.get_context(method)
+    for i in range(8):
+        scratch = tmp_path / str(i)
+        scratch.mkdir()
+        ex = pyexec.ProcessPoolExecutor(2, mp_context=ctx)
+        pid = ex.submit(watch_exit, str(scratch)).result(30)
+        ex.shutdown()
+        assert sorted(p.name for p in scratch.iterdir()) == [f"bye-{pid}"], i
+        with pytest.raises(RuntimeError, match="after shutdown"):
+            ex.submit(ident, 1)  # shut down, not broken
+
+
 # ---- 8. max_tasks_per_child -----------------------------------------------------------
 
 
@@ -205,9 +226,12 @@ def test_workers_die_with_a_killed_parent(method, mode, tmp_path):
         workers, parents = info["workers"], info["worker_parents"]
         pids = sorted(set(workers) | set(info["descendants"]))
         assert len(workers) == 2
-        if method == "fork":  # workers are forked by the zygote, a child of the parent
-            assert parents != [proc.pid] and len(parents) == 1, info
-            assert parents[0] in info["descendants"]
+        if method == "fork":
+            # The zygote, a child of the parent, forks the workers but the first,
+            # which the parent forks itself where the zygote can hold its pidfd.
+            zygotes = [p for p in parents if p != proc.pid]
+            assert len(zygotes) == 1 and zygotes[0] in info["descendants"], info
+            assert (proc.pid in parents) == PARENT_FORKS_FIRST, info
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
         left = wait_gone(pids, 3.0)
@@ -235,3 +259,49 @@ def _describe(pid: int) -> str:
         return " ".join(p.cmdline())[:120] + f" (status {p.status()})"
     except psutil.Error:
         return "gone"
+
+
+@pytest.mark.timeout(60)
+def test_pool_started_from_a_thread_that_ends(method):
+    """The first submit comes from a thread that then ends: the worker lives on.
+
+    Under fork that thread forks the first worker itself (Linux), and a
+    parent-death signal fires when the thread that forked the process ends;
+    so that worker must not ask for one (the zygote watches it instead).
+    """
+    ex = pyexec.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context(method))
+    try:
+        first: list[int] = []
+        t = threading.Thread(target=lambda: first.append(ex.submit(os.getpid).result(30)))
+        t.start()
+        t.join(40)
+        assert first, "the call from the thread did not finish"
+        task = Path(f"/proc/self/task/{t.native_id}")
+        deadline = time.monotonic() + 5
+        while task.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)  # a death signal, had it been asked for, is delivered by now
+        assert ex.submit(os.getpid).result(30) == first[0]
+    finally:
+        ex.shutdown()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("parent_first", [True, False], ids=["parent-forks-first", "zygote-only"])
+def test_fork_first_worker_and_the_rest(monkeypatch, parent_first):
+    """fork: the first worker is the parent's own child where the zygote can hold
+    its pidfd, else the zygote's; every later one is the zygote's. Both work."""
+    if parent_first and not PARENT_FORKS_FIRST:
+        pytest.skip("no pidfd here (macOS, or Linux before 5.3): the zygote forks every worker")
+    monkeypatch.setattr(_launch, "PARENT_FORKS_FIRST", parent_first)
+    with pyexec.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork")) as ex:
+        first_pid, first_parent, _ = ex.submit(start_probe).result(30)
+        probes = {first_pid: first_parent}
+        deadline = time.monotonic() + 30
+        while len(probes) < 2 and time.monotonic() < deadline:
+            fs = [ex.submit(slow_probe, 0.1) for _ in range(4)]
+            probes.update((pid, ppid) for pid, ppid, _ in (f.result(30) for f in fs))
+    assert len(probes) == 2, probes
+    assert (first_parent == os.getpid()) == parent_first, probes
+    (other_parent,) = [ppid for pid, ppid in probes.items() if pid != first_pid]
+    assert other_parent != os.getpid(), probes
