@@ -687,19 +687,26 @@ class ProcessPoolExecutor(Executor):
     def _start(self) -> _Manager:
         """Start the manager (under self._lock). Under fork, fork the first worker
         and the zygote first, while no pyexec thread runs."""
-        if self._start_method == "fork":
-            # One worker forked at once for the first call; more as the backlog
-            # asks (forking all of them up front made startup 1.5x slower).
-            # Other pools' manager threads are parked around the forks.
-            parked = [m for m in list(_managers) if m.pid == os.getpid() and m.park()]
-            try:
-                launcher: Any = ZygoteLauncher(self._config)
-            finally:
-                for m in parked:
-                    m.unpark()
-        else:
-            launcher = ProcessLauncher(self._mp_context, self._config)
-        mgr = _Manager(self, launcher)
+        # Made before any fork: what it writes then costs no copy-on-write
+        # fault afterwards, in the parent, while the first worker starts.
+        mgr = _Manager(self)
+        try:
+            if self._start_method == "fork":
+                # One worker forked at once for the first call; more as the backlog
+                # asks (forking all of them up front made startup 1.5x slower).
+                # Other pools' manager threads are parked around the forks.
+                parked = [m for m in list(_managers) if m.pid == os.getpid() and m.park()]
+                try:
+                    launcher: Any = ZygoteLauncher(self._config)
+                finally:
+                    for m in parked:
+                        m.unpark()
+            else:
+                launcher = ProcessLauncher(self._mp_context, self._config)
+        except BaseException:
+            mgr.close_fds()
+            raise
+        mgr.attach(launcher)
         self._mgr = mgr
         mgr.thread.start()
         return mgr
@@ -708,7 +715,8 @@ class ProcessPoolExecutor(Executor):
 class _Manager:
     """The manager thread's state. It never holds a strong ref to the executor."""
 
-    def __init__(self, executor: ProcessPoolExecutor, launcher: Any) -> None:
+    def __init__(self, executor: ProcessPoolExecutor) -> None:
+        """Everything but the launcher (see attach)."""
         self.pid = os.getpid()
         self.lock = executor._lock
         self.pending = executor._pending
@@ -716,16 +724,16 @@ class _Manager:
         self.max_workers = executor._max_workers
         self.max_tasks = executor._max_tasks_per_child
         self.on_crash = executor._on_crash
-        self.launcher = launcher
+        self.launcher: Any = None
         self.executor_ref = weakref.ref(executor, lambda _r: self.request_stop())
-        self.waiter = ch.Waiter()
+        self.waiter: Any = ch.Waiter()
         self.waiter_fd = self.waiter.fd  # -1 on the poll backend: help() does nothing
+        if self.waiter_fd >= 0:
+            ch.own_fd(self.waiter_fd)  # not for the processes forked from here
         self.wake_r, self.wake_w = ch.make_pipe(True, True)
         ch.own_fd(self.wake_r)
         ch.own_fd(self.wake_w)
         self.waiter.add(self.wake_r, ch.READABLE)
-        if launcher.fd >= 0:
-            self.waiter.add(launcher.fd, ch.READABLE)
         self.sleeping = False
         self.sleep_until: float | None = None  # when a sleeping manager wakes anyway
         self.generation = ch.fork_generation
@@ -742,8 +750,7 @@ class _Manager:
         self.window = 1
         self.service_time = 0.0  # EWMA of seconds per call; 0: not known yet
         self.submitted = self.completed = self.failed = self.replaced = 0
-        # Workers the zygote forks unasked at its start (fork), already on their way.
-        self.starting = self.started_workers = getattr(launcher, "initial", 0)
+        self.starting = self.started_workers = 0
         # Workers to keep whatever the backlog: a worker killed or crashed is
         # replaced at once (the pool stays whole), not when work next asks.
         self.keep = 0
@@ -759,7 +766,25 @@ class _Manager:
         self.parking = self.parked = False  # see park()
         self.ended = threading.Event()  # set when the manager has closed everything
         self.thread = threading.Thread(target=self.run, name="pyexec-manager", daemon=True)
+
+    def attach(self, launcher: Any) -> None:
+        """Take the launcher, once its processes are forked."""
+        self.launcher = launcher
+        if launcher.fd >= 0:
+            self.waiter.add(launcher.fd, ch.READABLE)
+        # Workers forked unasked at the start (fork), already on their way.
+        self.starting = self.started_workers = getattr(launcher, "initial", 0)
         _managers.add(self)
+
+    def close_fds(self) -> None:
+        """Close the fds __init__ opened (at the end, or when no launcher came)."""
+        with self.wake_lock:
+            self.closed = True
+            ch.close_fd(self.wake_r)
+            ch.close_fd(self.wake_w)
+        if self.waiter_fd >= 0:
+            ch.disown_fd(self.waiter_fd)
+        self.waiter = None  # its fd is closed as it is freed
 
     # ---- called from other threads ----------------------------------------
 
@@ -1642,11 +1667,7 @@ class _Manager:
                 self.launcher.exitcode(w, EXIT_STATUS_WAIT)  # reaps it
                 self._fail_all(w.inflight, self.broken or "")
                 self._forget(w)
-        with self.wake_lock:
-            self.closed = True
-            ch.close_fd(self.wake_r)
-            ch.close_fd(self.wake_w)
-        self.waiter = None
+        self.close_fds()
         self.launcher.close()
 
 

@@ -225,6 +225,8 @@ class ZygoteLauncher:
                 self._direct.kill(first)
                 first._proc.join()
                 self._direct.release(first)
+                ch.close_fd(first.call_fd)
+                ch.close_fd(first.result_fd)
             if parent is not None:
                 ch.close_fd(parent.detach())
             raise

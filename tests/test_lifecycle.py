@@ -305,3 +305,31 @@ def test_fork_first_worker_and_the_rest(monkeypatch, parent_first):
     assert (first_parent == os.getpid()) == parent_first, probes
     (other_parent,) = [ppid for pid, ppid in probes.items() if pid != first_pid]
     assert other_parent != os.getpid(), probes
+
+
+@pytest.mark.timeout(60)
+def test_fork_failure_at_start_leaves_nothing(monkeypatch):
+    """fork: the zygote's fork fails (EAGAIN) after the first worker's: submit
+    raises it, nothing is left open or running (the leak check around every test),
+    and the next submit starts the pool. (When the first fork fails, inside
+    multiprocessing's Popen, that Popen leaves its own two pipes open, as it
+    does under concurrent.futures.)"""
+    real_fork = os.fork
+    calls = []
+    failing = 2 if PARENT_FORKS_FIRST else 1
+
+    def fork() -> int:
+        calls.append(1)
+        if len(calls) == failing:
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+        return real_fork()
+
+    ex = pyexec.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork"))
+    try:
+        monkeypatch.setattr(os, "fork", fork)
+        with pytest.raises(BlockingIOError):
+            ex.submit(ident, 1)
+        monkeypatch.setattr(os, "fork", real_fork)
+        assert ex.submit(ident, 2).result(30) == 2
+    finally:
+        ex.shutdown()
