@@ -660,8 +660,11 @@ class ProcessPoolExecutor(Executor):
     def stats(self) -> PoolStats:
         """A cheap snapshot of the counters, for monitoring."""
         mgr = self._mgr
-        with self._lock:  # no append meanwhile: iterating the deque would fail
-            pending = sum(len(e.items) if e.__class__ is _MapJob else 1 for e in self._pending)
+        # A copy made in one C call, which no other thread interleaves with:
+        # the manager takes from the deque without the executor's lock, and
+        # iterating it in Python while it did raised "deque mutated".
+        queued = tuple(self._pending)
+        pending = sum(len(e.items) if e.__class__ is _MapJob else 1 for e in queued)
         if mgr is None:
             return PoolStats(0, 0, 0, pending, 0, 0, 0)
         return mgr.stats(pending)

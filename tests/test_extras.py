@@ -505,6 +505,44 @@ def test_stats_after_known_workload(ctx, tmp_path):
     assert stats.workers_replaced == 2
 
 
+@pytest.mark.timeout(120)
+def test_stats_while_the_manager_dispatches():
+    """stats() from a monitoring thread while the manager takes calls off the
+    queue: a snapshot every time, never "deque mutated during iteration"."""
+    with pyexec.ProcessPoolExecutor(2) as ex:
+        errors: list[BaseException] = []
+        snapshots = 0
+        stop = threading.Event()
+
+        def monitor() -> None:
+            nonlocal snapshots
+            while not stop.is_set():
+                try:
+                    s = ex.stats()
+                except BaseException as exc:  # the failure this test is about
+                    errors.append(exc)
+                    return
+                assert s.pending >= 0
+                snapshots += 1
+
+        t = threading.Thread(target=monitor)
+        t.start()
+        try:
+            for _ in range(5):
+                futures = [ex.submit(square, i) for i in range(20000)]
+                assert [f.result(timeout=60) for f in futures[-3:]] == [
+                    i * i for i in range(19997, 20000)
+                ]
+                cf.wait(futures, timeout=60)
+                if errors:
+                    break
+        finally:
+            stop.set()
+            t.join(30)
+        assert not errors, repr(errors[0])
+        assert snapshots > 0
+
+
 def test_stats_before_any_call():
     """A pool that never ran anything reports zeros and starts no process."""
     ex = pyexec.ProcessPoolExecutor(2)
