@@ -237,13 +237,21 @@ def test_call_behind_a_finished_help_is_seen_by_every_wait(how, monkeypatch):
     own result(). Any other way of waiting for it must still see it finish."""
     monkeypatch.setenv("PYEXEC_WAITER", "epoll")
     with pyexec.ProcessPoolExecutor(1) as ex:
-        for _ in range(200):  # until a result() has been helped (the manager asleep)
+        f = None
+        for _ in range(200):  # until a helped result() and a handed-over call
             ex.submit(ident, 0).result(timeout=30)
-            if ex._mgr.masked:
+            mgr = ex._mgr
+            if not mgr.masked:
+                continue
+            deadline = time.monotonic() + 1  # the manager back in its wait, if not yet
+            while not mgr.sleeping and time.monotonic() < deadline:
+                time.sleep(0.001)
+            f = ex.submit(sleep_then, 0.05, "x")
+            if f._pyexec_task.where is not None:
                 break
-        assert ex._mgr.masked, "no result() was read by its own thread"
-        f = ex.submit(sleep_then, 0.05, "x")
-        assert f._pyexec_task.where is not None, "submit did not hand the call over itself"
+            f.result(timeout=30)  # the manager woke meanwhile and took it: again
+            f = None
+        assert f is not None, "no call was handed over by submit behind a helped result()"
         assert _OTHER_WAITS[how](f)
         assert f.result(timeout=0) == "x"
 
