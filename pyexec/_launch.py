@@ -119,7 +119,6 @@ class ProcessLauncher:
         self._ctx = ctx
         self._config = config
         self._deathsig = deathsig
-        self._fork = ctx.get_start_method() == "fork"
         # spawn forks each worker from the thread that starts it, and the
         # worker's parent-death signal (_worker._die_with_parent) fires when
         # that thread ends, not the process: the thread must outlive them.
@@ -134,26 +133,8 @@ class ProcessLauncher:
 
     def start(self) -> Worker:
         """Start one worker now."""
-        call_r, call_w = ch.make_pipe(False, True)
-        res_r, res_w = ch.make_pipe(True, False)
-        # A forked worker must close the parent's ends (its after-fork hook
-        # closes owned fds); any other child forked meanwhile, the worker's ends.
-        for fd in (call_w, res_r) if self._fork else (call_r, res_w):
-            ch.own_fd(fd)
-        try:
-            proc = self._ctx.Process(
-                target=main,
-                args=(InheritFd(call_r), InheritFd(res_w), self._config, self._deathsig),
-            )
-            proc.start()
-        except BaseException:
-            ch.close_fd(call_w)
-            ch.close_fd(res_r)
-            raise
-        finally:
-            ch.close_fd(call_r)
-            ch.close_fd(res_w)
-        return Worker(proc.pid, call_w, res_r, ch.own_fd(proc.sentinel), proc)
+        proc, call_w, res_r = _start_process(self._ctx, self._config, self._deathsig)
+        return Worker(proc.pid, call_w, res_r, proc.sentinel, proc)
 
     def exitcode(self, w: Worker, timeout: float) -> int | None:
         """The exit status of a worker whose sentinel fired (None if unknown)."""
@@ -430,20 +411,38 @@ def _zygote(sock: socket.socket, config: WorkerConfig, initial: int, adopted: li
                 proc.close()
 
 
-def _fork_worker(ctx: Any, sock: socket.socket, config: WorkerConfig) -> Any:
+def _start_process(ctx: Any, config: WorkerConfig, deathsig: bool = True) -> tuple[Any, int, int]:
+    """Start a worker's Process with its two pipes: (the Process, the call
+    pipe's write end, the result pipe's read end), those and its sentinel owned."""
     call_r, call_w = ch.make_pipe(False, True)
     res_r, res_w = ch.make_pipe(True, False)
-    ch.own_fd(call_w)  # the worker must hold only its own ends
-    ch.own_fd(res_r)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    # A forked worker must close the parent's ends (its after-fork hook closes
+    # owned fds); any other child forked meanwhile, the worker's ends.
+    forked = ctx.get_start_method() == "fork"
+    for fd in (call_w, res_r) if forked else (call_r, res_w):
+        ch.own_fd(fd)
     try:
-        proc = ctx.Process(target=main, args=(InheritFd(call_r), InheritFd(res_w), config))
+        proc = ctx.Process(
+            target=main, args=(InheritFd(call_r), InheritFd(res_w), config, deathsig)
+        )
         proc.start()
+    except BaseException:
+        ch.close_fd(call_w)
+        ch.close_fd(res_r)
+        raise
+    finally:
+        ch.close_fd(call_r)
+        ch.close_fd(res_w)
+    ch.own_fd(proc.sentinel)
+    return proc, ch.own_fd(call_w), ch.own_fd(res_r)
+
+
+def _fork_worker(ctx: Any, sock: socket.socket, config: WorkerConfig) -> Any:
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # the zygote ignores it
+    try:
+        proc, call_w, res_r = _start_process(ctx, config)
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        os.close(call_r)
-        os.close(res_w)
-    ch.own_fd(proc.sentinel)
     try:
         socket.send_fds(sock, [_REC.pack(b"W", proc.pid, 0)], [call_w, res_r, proc.sentinel])
     finally:
