@@ -1038,7 +1038,7 @@ class _Manager:
             # and its call waited for the next event (a deadline, or forever).
             self.sleeping = True
             if self.masked:
-                self._unmask()
+                self._rearm_masked()
             timeout = self._next_timeout()
             if self.pending and self.broken is None and self._has_room():
                 timeout = 0.0
@@ -1074,7 +1074,7 @@ class _Manager:
                     self._flush(w)
             self._check_deadlines()
 
-    def _unmask(self) -> None:
+    def _rearm_masked(self) -> None:
         """Watch again the result fds that help() left out of the waiter."""
         for w in list(self.masked):
             self._rearm(w)
