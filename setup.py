@@ -13,7 +13,7 @@ class BuildPyWithoutBuilder(build_py):
 
 
 setup(
-    cffi_modules=["pyexec/_build.py:ffibuilder"],
+    cffi_modules=["src/pyexec/_build.py:ffibuilder"],
     cmdclass={"build_py": BuildPyWithoutBuilder},
     # One abi3 wheel serves every CPython from 3.10 on: the core uses cffi's
     # out-of-line API mode, which builds against the limited API.

@@ -78,7 +78,7 @@ def check_install(installed: bool) -> None:
     print(f"smoke: core {os.path.basename(_core.__file__)}, stamp {stamp!r}")
     check(stamp.split(" ")[0] == pyexec.__version__, f"core stamp {stamp!r} is not this version")
     if installed:
-        csrc = os.path.join(os.path.dirname(pkg), "csrc")
+        csrc = os.path.join(os.path.dirname(os.path.dirname(pkg)), "csrc")
         check(not os.path.isdir(csrc), f"pyexec comes from a source tree ({pkg}), not an install")
         check(not os.path.exists(os.path.join(pkg, "_build.py")), "the wheel ships the builder")
 

@@ -50,19 +50,21 @@ def built(tmp_path_factory) -> Path:
     tree = tmp_path_factory.mktemp("built")
     shutil.copytree(ROOT / "csrc", tree / "csrc")
     shutil.copytree(
-        ROOT / "pyexec", tree / "pyexec", ignore=shutil.ignore_patterns("*.so", "__pycache__")
+        ROOT / "src" / "pyexec",
+        tree / "src" / "pyexec",
+        ignore=shutil.ignore_patterns("*.so", "__pycache__"),
     )
     res = subprocess.run(
-        [sys.executable, "pyexec/_build.py", str(tree)],
+        [sys.executable, "src/pyexec/_build.py", str(tree / "src")],
         cwd=tree,
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert res.returncode == 0, res.stdout + res.stderr
-    cores = list((tree / "pyexec").glob("_core.*so"))
+    cores = list((tree / "src" / "pyexec").glob("_core.*so"))
     assert len(cores) == 1, cores
-    for junk in (tree / "pyexec").glob("_core.[co]"):  # the generated C and object
+    for junk in (tree / "src" / "pyexec").glob("_core.[co]"):  # the generated C and object
         junk.unlink()
     return tree
 
@@ -84,7 +86,7 @@ def probe(where: Path, **extra_env: str) -> tuple[int, str]:
     env.update(extra_env)
     res = subprocess.run(
         [sys.executable, "-S", "-c", PROBE],
-        cwd=where,
+        cwd=where / "src",
         env=env,
         capture_output=True,
         text=True,
@@ -95,13 +97,13 @@ def probe(where: Path, **extra_env: str) -> tuple[int, str]:
 
 def core_of(tree: Path) -> Path:
     """The compiled core in tree's package."""
-    (core,) = (tree / "pyexec").glob("_core.*so")
+    (core,) = (tree / "src" / "pyexec").glob("_core.*so")
     return core
 
 
 def set_version(tree: Path, version: str) -> None:
     """Give the package in tree another version than its core was built with."""
-    path = tree / "pyexec" / "_version.py"
+    path = tree / "src" / "pyexec" / "_version.py"
     text, n = re.subn(r'__version__ = "[^"]+"', f'__version__ = "{version}"', path.read_text())
     assert n == 1
     path.write_text(text)
@@ -111,7 +113,7 @@ def set_version(tree: Path, version: str) -> None:
 def test_fresh_core_imports_and_runs(tree):
     code, out = probe(tree)
     assert code == 0, out
-    assert f"IMPORTED {tree / 'pyexec' / '__init__.py'}" in out, out
+    assert f"IMPORTED {tree / 'src' / 'pyexec' / '__init__.py'}" in out, out
     assert "CORE True True" in out, out
 
 

@@ -47,7 +47,7 @@ def _check_stamp() -> None:
             f"pyexec's compiled core is from another build (core {stamp!r}, ABI {abi}; "
             f"this package is {__version__}, ABI {CORE_ABI}). " + _REBUILD
         )
-    csrc = Path(__file__).resolve().parent.parent / "csrc"
+    csrc = Path(__file__).resolve().parent.parent.parent / "csrc"
     here = Path(__file__).resolve().parent
     if (csrc / "pyexec.h").is_file() and (here / "_build.py").is_file():
         # A source checkout: the core must match the C sources beside it.

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from cffi import FFI
 
-ROOT = Path(__file__).resolve().parent.parent
+PKG = Path(__file__).resolve().parent
+ROOT = PKG.parent.parent  # the project: src/pyexec/ and csrc/
 CSRC = ROOT / "csrc"
 SOURCES = ["frame.c", "io.c", "wait.c"]
 # Included by wait.c rather than compiled on their own; part of the hash.
@@ -27,7 +28,7 @@ HEADER = CSRC / "pyexec.h"
 
 def read_version() -> str:
     """The package version, from ``pyexec/_version.py`` (no import needed)."""
-    text = (ROOT / "pyexec" / "_version.py").read_text()
+    text = (PKG / "_version.py").read_text()
     match = re.search(r'__version__ = "([^"]+)"', text)
     assert match, "pyexec/_version.py has no __version__"
     return match.group(1)
@@ -73,8 +74,9 @@ def make_ffi(
 
 
 def _in_root() -> bool:
-    """Relative paths when run from the project root (setuptools wants them)."""
-    return Path.cwd().resolve() == ROOT
+    """Relative paths for setuptools, which runs this file as ``__cffi__`` from the project
+    root and wants them; absolute ones elsewhere, as cffi compiles inside its tmpdir."""
+    return __name__ == "__cffi__" and Path.cwd().resolve() == ROOT
 
 
 # Only when run as a build script: cffi's setuptools hook runs this file as
@@ -85,4 +87,6 @@ if __name__ in ("__cffi__", "__main__"):
     ffibuilder = make_ffi()
 
 if __name__ == "__main__":
-    ffibuilder.compile(tmpdir=sys.argv[1] if len(sys.argv) > 1 else os.fspath(ROOT), verbose=True)
+    ffibuilder.compile(
+        tmpdir=sys.argv[1] if len(sys.argv) > 1 else os.fspath(ROOT / "src"), verbose=True
+    )
