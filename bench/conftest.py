@@ -17,12 +17,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from pyexec import bench
+from pyexec.bench import floor, pools, workloads
 
 WORKERS = 2
 METHOD = os.environ.get("PYEXEC_BENCH_START_METHOD") or multiprocessing.get_start_method()
 POOLS = [
-    bench.ALIASES.get(p.strip(), p.strip())
+    pools.ALIASES.get(p.strip(), p.strip())
     for p in os.environ.get("PYEXEC_BENCH_POOLS", "pyexec,concurrent.futures").split(",")
     if p.strip()
 ]
@@ -46,17 +46,17 @@ def start() -> tuple[int, str]:
 @pytest.fixture(params=POOLS)
 def pool_name(request) -> str:
     """Each pool under comparison in turn (skipped when its package is missing)."""
-    if not bench.available(request.param):
+    if not pools.available(request.param):
         pytest.skip(f"{request.param} is not installed")
     return request.param
 
 
 @pytest.fixture
-def pool(pool_name: str) -> Iterator[bench.Pool]:
+def pool(pool_name: str) -> Iterator[pools.Pool]:
     """A fresh pool of that kind that has already returned a result."""
-    p = bench.POOL_CLASSES[pool_name](WORKERS, METHOD)
+    p = pools.POOL_CLASSES[pool_name](WORKERS, METHOD)
     try:
-        bench.warm(p)
+        workloads.warm(p)
         yield p
     finally:
         p.close()
@@ -66,7 +66,7 @@ def pool(pool_name: str) -> Iterator[bench.Pool]:
 def echo() -> Iterator[tuple[int, int]]:
     """A Python process echoing single bytes over two pipes: (write fd, read fd)."""
     child = subprocess.Popen(
-        [sys.executable, "-c", bench._FLOOR_PY], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        [sys.executable, "-c", floor.ECHO_PY], stdin=subprocess.PIPE, stdout=subprocess.PIPE
     )
     assert child.stdin is not None and child.stdout is not None
     try:

@@ -12,7 +12,8 @@ from collections.abc import Callable
 
 import pytest
 
-from pyexec import bench
+from pyexec.bench import workloads
+from pyexec.bench.pools import POOL_CLASSES, Pool
 
 ROUNDS = 5
 TINY = 2_000
@@ -28,33 +29,33 @@ def _rounds(benchmark, fn: Callable[[], object], rounds: int = ROUNDS) -> None:
 
 
 @pytest.mark.benchmark(group="tiny-submit")
-def test_tiny_submit(benchmark, pool: bench.Pool) -> None:
+def test_tiny_submit(benchmark, pool: Pool) -> None:
     """TINY submits, then every result."""
     benchmark.extra_info["tasks"] = TINY
-    _rounds(benchmark, lambda: bench.run_tiny_submit(pool, TINY))
+    _rounds(benchmark, lambda: workloads.run_tiny_submit(pool, TINY))
 
 
 @pytest.mark.benchmark(group="tiny-map")
-def test_tiny_map(benchmark, pool: bench.Pool) -> None:
+def test_tiny_map(benchmark, pool: Pool) -> None:
     """map over TINY items, chunksize 1."""
     benchmark.extra_info["items"] = TINY
-    _rounds(benchmark, lambda: bench.run_tiny_map(pool, TINY))
+    _rounds(benchmark, lambda: workloads.run_tiny_map(pool, TINY))
 
 
 @pytest.mark.benchmark(group="chunked-map")
-def test_chunked_map(benchmark, pool: bench.Pool) -> None:
+def test_chunked_map(benchmark, pool: Pool) -> None:
     """map over CHUNKED items in 8 chunks."""
     benchmark.extra_info["items"] = CHUNKED
-    benchmark.extra_info["chunksize"] = bench.chunk_of(CHUNKED)
-    _rounds(benchmark, lambda: bench.run_chunked_map(pool, CHUNKED))
+    benchmark.extra_info["chunksize"] = workloads.chunk_of(CHUNKED)
+    _rounds(benchmark, lambda: workloads.run_chunked_map(pool, CHUNKED))
 
 
 @pytest.mark.benchmark(group="latency")
-def test_latency(benchmark, pool: bench.Pool) -> None:
+def test_latency(benchmark, pool: Pool) -> None:
     """One submit(identity, 1).result() round trip."""
 
     def trip() -> None:
-        assert pool.result(pool.submit(bench.identity, 1)) == 1
+        assert pool.result(pool.submit(workloads.identity, 1)) == 1
 
     benchmark.pedantic(trip, rounds=LATENCY_ROUNDS, iterations=1, warmup_rounds=10)
 
@@ -72,20 +73,20 @@ def test_latency_floor_pipe(benchmark, echo: tuple[int, int]) -> None:
 
 
 @pytest.mark.benchmark(group="payload")
-def test_payload(benchmark, pool: bench.Pool) -> None:
+def test_payload(benchmark, pool: Pool) -> None:
     """PAYLOAD_TASKS calls that send and return 8 MiB each."""
     benchmark.extra_info["tasks"] = PAYLOAD_TASKS
-    benchmark.extra_info["bytes_each_way"] = bench.PAYLOAD_BYTES
-    _rounds(benchmark, lambda: bench.run_payload(pool, PAYLOAD_TASKS), rounds=3)
+    benchmark.extra_info["bytes_each_way"] = workloads.PAYLOAD_BYTES
+    _rounds(benchmark, lambda: workloads.run_payload(pool, PAYLOAD_TASKS), rounds=3)
 
 
 @pytest.mark.benchmark(group="scale")
-def test_scale(benchmark, pool: bench.Pool) -> None:
+def test_scale(benchmark, pool: Pool) -> None:
     """map over SCALE tiny items with default arguments."""
     benchmark.extra_info["items"] = SCALE
 
     def run() -> None:
-        assert sum(pool.map(bench.identity, range(SCALE), None)) == SCALE * (SCALE - 1) // 2
+        assert sum(pool.map(workloads.identity, range(SCALE), None)) == SCALE * (SCALE - 1) // 2
 
     _rounds(benchmark, run, rounds=3)
 
@@ -93,5 +94,5 @@ def test_scale(benchmark, pool: bench.Pool) -> None:
 @pytest.mark.benchmark(group="startup")
 def test_startup(benchmark, pool_name: str, start: tuple[int, str]) -> None:
     """Construct, first result, shut down."""
-    cls = bench.POOL_CLASSES[pool_name]
-    _rounds(benchmark, lambda: bench.run_startup(cls, *start))
+    cls = POOL_CLASSES[pool_name]
+    _rounds(benchmark, lambda: workloads.run_startup(cls, *start))

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from pyexec import bench
+from pyexec.bench.workloads import SCALE_REDUCTION, WORKLOADS
 
 POOLS = ["pyexec", "concurrent.futures", "multiprocessing.Pool"]
 
@@ -29,7 +29,7 @@ def test_quick_run_reports_every_workload_and_pool(tmp_path):
     doc = json.loads(out.read_text())
     assert doc["meta"]["pools"] == POOLS
     assert doc["meta"]["workers"] == 2
-    assert set(doc["results"]) == set(bench.WORKLOADS)
+    assert set(doc["results"]) == set(WORKLOADS)
     for workload, per_pool in doc["results"].items():
         assert set(per_pool) == set(POOLS), workload
         for pool, res in per_pool.items():
@@ -38,7 +38,7 @@ def test_quick_run_reports_every_workload_and_pool(tmp_path):
             assert len(res["runs"]) == 1, where
             assert all(math.isfinite(v) and v > 0 for v in res["runs"]), where
             assert res["median"] == res["runs"][0], where
-            assert res["unit"] == bench.UNITS[workload][0], where
+            assert res["unit"] == WORKLOADS[workload].unit, where
             assert res["count"] >= 1, where
             assert math.isfinite(res["speedup"]) and res["speedup"] > 0, where
         assert per_pool["concurrent.futures"]["speedup"] == 1.0
@@ -46,7 +46,7 @@ def test_quick_run_reports_every_workload_and_pool(tmp_path):
     assert doc["results"]["tiny-submit"]["pyexec"]["count"] == 400
     scale = doc["results"]["scale"]
     assert scale["pyexec"]["n"] == 20_000
-    assert scale["concurrent.futures"]["n"] == 20_000 // bench.SCALE_REDUCTION
+    assert scale["concurrent.futures"]["n"] == 20_000 // SCALE_REDUCTION
     for pool in POOLS:
         assert scale[pool]["seconds"] > 0
         # A fresh interpreter's peak RSS is megabytes, not bytes nor terabytes.

@@ -154,7 +154,8 @@ def test_sdist_carries_what_the_build_needs(dists):
     csrc = {f"csrc/{p.name}" for p in (ROOT / "csrc").iterdir() if p.suffix in (".c", ".h")}
     assert "csrc/pyexec.h" in csrc and len(csrc) >= 4
     need = csrc | {"setup.py", "pyproject.toml", "MANIFEST.in", "src/pyexec/_build.py",
-                   "src/pyexec/_version.py", "tests/smoke.py"}  # fmt: skip
+                   "src/pyexec/_version.py", "src/pyexec/bench/floor.c",
+                   "src/pyexec/bench/__main__.py", "tests/smoke.py"}  # fmt: skip
     assert need <= names, f"missing from the sdist: {sorted(need - names)}"
     products = [n for n in names if n.endswith((".so", ".o", ".pyc")) or n == "src/pyexec/_core.c"]
     assert products == [], f"build products in the sdist: {products}"
@@ -174,9 +175,11 @@ def test_wheel_is_one_abi3_wheel_with_the_core(dists):
     assert f"Tag: cp310-abi3-{plat}" in wheel_meta
     cores = [n for n in names if n.startswith("pyexec/_core.")]
     assert cores == ["pyexec/_core.abi3.so"], cores
-    modules = {f"pyexec/{p.name}" for p in (ROOT / "src" / "pyexec").glob("*.py")} - {
-        "pyexec/_build.py"
-    }
+    # Every module of every package (pyexec.bench too), and the bench's C floor program.
+    src = ROOT / "src"
+    modules = {p.relative_to(src).as_posix() for p in (src / "pyexec").rglob("*.py")}
+    modules = (modules - {"pyexec/_build.py"}) | {"pyexec/bench/floor.c"}
+    assert "pyexec/bench/__main__.py" in modules
     assert modules <= names, f"missing from the wheel: {sorted(modules - names)}"
     # The builder needs csrc/, which a wheel does not carry.
     assert "pyexec/_build.py" not in names

@@ -1,0 +1,155 @@
+"""The pools under test, behind one small interface: submit, result, map, close.
+
+Adding a pool is one subclass of ``Pool`` (its ``name``, and ``module`` if it
+needs a package that may be missing) plus its entry in ``POOL_CLASSES``.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import platform
+import warnings
+from collections.abc import Callable, Iterable
+from typing import Any
+
+BASELINE = "concurrent.futures"
+ALIASES = {
+    "cf": "concurrent.futures",
+    "stdlib": "concurrent.futures",
+    "mp": "multiprocessing.Pool",
+    "mp.Pool": "multiprocessing.Pool",
+    "pool": "multiprocessing.Pool",
+}
+
+
+class Pool:
+    """One pool under test: submit one call, map, shut down."""
+
+    name = ""
+    # The package it needs beyond the standard library and pyexec (None: none).
+    module: str | None = None
+
+    def __init__(self, workers: int, method: str) -> None:
+        self.workers = workers
+        self.method = method
+
+    def submit(self, fn: Callable, arg: Any) -> Any:
+        """Schedule fn(arg); return a handle for result()."""
+        return self.p.submit(fn, arg)
+
+    def result(self, handle: Any) -> Any:
+        """Wait for a handle from submit() and return its value."""
+        return handle.result()
+
+    def map(self, fn: Callable, items: Iterable, chunksize: int | None) -> Iterable:
+        """fn over items, in order; chunksize None means the pool's default."""
+        if chunksize is None:
+            return self.p.map(fn, items)
+        return self.p.map(fn, items, chunksize=chunksize)
+
+    def close(self) -> None:
+        """Shut down and wait for every worker to exit."""
+        self.p.shutdown(wait=True)
+
+
+class PyexecPool(Pool):
+    name = "pyexec"
+
+    def __init__(self, workers: int, method: str) -> None:
+        super().__init__(workers, method)
+        import pyexec
+
+        self.p = pyexec.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method))
+
+
+class StdlibPool(Pool):
+    name = "concurrent.futures"
+
+    def __init__(self, workers: int, method: str) -> None:
+        super().__init__(workers, method)
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.p = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method))
+
+
+class MpPool(Pool):
+    name = "multiprocessing.Pool"
+
+    def __init__(self, workers: int, method: str) -> None:
+        super().__init__(workers, method)
+        self.p = multiprocessing.get_context(method).Pool(workers)
+
+    def submit(self, fn: Callable, arg: Any) -> Any:
+        return self.p.apply_async(fn, (arg,))
+
+    def result(self, handle: Any) -> Any:
+        return handle.get()
+
+    def map(self, fn: Callable, items: Iterable, chunksize: int | None) -> Iterable:
+        return self.p.map(fn, items, chunksize)
+
+    def close(self) -> None:
+        self.p.close()
+        self.p.join()
+
+
+class LokyPool(Pool):
+    name = "loky"
+    module = "loky"
+
+    def __init__(self, workers: int, method: str) -> None:
+        super().__init__(workers, method)
+        import loky
+        from loky.backend.context import get_context
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # loky warns that fork is not its default
+            self.p = loky.ProcessPoolExecutor(workers, context=get_context(method))
+
+
+class PebblePool(Pool):
+    name = "pebble"
+    module = "pebble"
+
+    def __init__(self, workers: int, method: str) -> None:
+        super().__init__(workers, method)
+        import pebble
+
+        self.p = pebble.ProcessPool(workers, context=multiprocessing.get_context(method))
+
+    def submit(self, fn: Callable, arg: Any) -> Any:
+        return self.p.schedule(fn, args=(arg,))
+
+    def map(self, fn: Callable, items: Iterable, chunksize: int | None) -> Iterable:
+        return self.p.map(fn, items, chunksize=chunksize or 1).result()
+
+    def close(self) -> None:
+        self.p.close()
+        self.p.join()
+
+
+# In the order of the table's columns.
+POOL_CLASSES: dict[str, type[Pool]] = {
+    c.name: c for c in (PyexecPool, StdlibPool, MpPool, LokyPool, PebblePool)
+}
+POOLS = tuple(POOL_CLASSES)
+
+
+def available(name: str) -> bool:
+    """Whether the pool's package imports here."""
+    module = POOL_CLASSES[name].module
+    if module is None:
+        return True
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True
+
+
+def version_of(name: str) -> str:
+    """The version of the package behind a pool."""
+    if name in ("concurrent.futures", "multiprocessing.Pool"):
+        return platform.python_version()
+    module = __import__(POOL_CLASSES[name].module or name)
+    return str(getattr(module, "__version__", "?"))

@@ -1,0 +1,259 @@
+"""The workloads: what one timed run of a pool does, and the registry of them all.
+
+Adding a workload is one function plus one ``Workload`` entry in ``WORKLOADS``
+(its place there is its row in the table). Three kinds, by how a run is made:
+
+- ``"pool"``: ``run(pool, n) -> value`` on a fresh pool that has already
+  returned one result per worker (warmed up); ``n`` is the workload's count.
+- ``"startup"``: ``run(cls, workers, method) -> value``; the run makes its own pool.
+- ``"process"``: ``run(pool, n) -> seconds`` on a warmed-up pool in a fresh
+  interpreter per pool, once (no repeats), which then reports its peak RSS: the
+  pool's parent side alone. The cell is n / seconds; the pools of
+  ``SLOW_AT_SCALE`` run n // ``SCALE_REDUCTION`` items unless ``--full``.
+
+Every run checks its results, so a pool that is fast and wrong fails.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pyexec.bench.pools import POOL_CLASSES, Pool
+
+MiB = 1 << 20
+# Smaller --size shrinks every count, never below MIN_COUNT.
+MIN_COUNT = 4
+# chunked-map uses count // CHUNKS items per chunk (12,500 at --size 1).
+CHUNKS = 8
+PAYLOAD_BYTES = 8 * MiB
+# Calls in flight per worker in the payload workload (bounds parent memory).
+PAYLOAD_WINDOW = 2
+# Pools whose scale run takes minutes at a million items (map with chunksize 1
+# through a feeder thread): they map a twentieth of the items unless --full.
+SLOW_AT_SCALE = frozenset({"concurrent.futures", "loky", "pebble"})
+SCALE_REDUCTION = 20
+SCALE_TIMEOUT = 1800.0
+
+
+def identity(x: Any) -> Any:
+    """Return x: the call every workload sends (importable, so spawn works)."""
+    return x
+
+
+def warm(pool: Pool) -> None:
+    """Wait for one result per worker, so timing starts with a running pool."""
+    for h in [pool.submit(identity, i) for i in range(pool.workers)]:
+        pool.result(h)
+
+
+def _check(ok: bool, what: str) -> None:
+    if not ok:
+        raise RuntimeError(f"wrong results from {what}")
+
+
+# ---- one function per workload ---------------------------------------------
+
+
+def run_tiny_submit(pool: Pool, n: int) -> float:
+    """n submits, then every result: tasks per second."""
+    t0 = time.perf_counter()
+    handles = [pool.submit(identity, i) for i in range(n)]
+    for i, h in enumerate(handles):
+        _check(pool.result(h) == i, "tiny-submit")
+    return n / (time.perf_counter() - t0)
+
+
+def run_tiny_map(pool: Pool, n: int) -> float:
+    """map with chunksize 1: items per second."""
+    t0 = time.perf_counter()
+    out = list(pool.map(identity, range(n), 1))
+    elapsed = time.perf_counter() - t0
+    _check(out == list(range(n)), "tiny-map")
+    return n / elapsed
+
+
+def chunk_of(n: int) -> int:
+    """The chunksize of chunked-map for n items (12,500 for 100,000)."""
+    return max(1, n // CHUNKS)
+
+
+def run_chunked_map(pool: Pool, n: int) -> float:
+    """map in CHUNKS big chunks: items per second."""
+    t0 = time.perf_counter()
+    out = list(pool.map(identity, range(n), chunk_of(n)))
+    elapsed = time.perf_counter() - t0
+    _check(out == list(range(n)), "chunked-map")
+    return n / elapsed
+
+
+def run_latency(pool: Pool, n: int) -> float:
+    """n sequential submit().result(), after n // 10 untimed ones as the floor
+    program makes (a fresh pool's first few hundred round trips are slower:
+    the parent and its worker often start on one CPU, until the scheduler
+    spreads them): microseconds per round trip."""
+    for i in range(n // 10):
+        _check(pool.result(pool.submit(identity, i)) == i, "latency")
+    t0 = time.perf_counter()
+    for i in range(n):
+        _check(pool.result(pool.submit(identity, i)) == i, "latency")
+    return (time.perf_counter() - t0) / n * 1e6
+
+
+def run_payload(pool: Pool, n: int) -> float:
+    """n calls that send and return PAYLOAD_BYTES each: milliseconds per call."""
+    data = bytes(PAYLOAD_BYTES)
+    window: deque = deque()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        if len(window) >= PAYLOAD_WINDOW * pool.workers:
+            _check(len(pool.result(window.popleft())) == PAYLOAD_BYTES, "payload")
+        window.append(pool.submit(identity, data))
+    while window:
+        _check(len(pool.result(window.popleft())) == PAYLOAD_BYTES, "payload")
+    return (time.perf_counter() - t0) / n * 1e3
+
+
+def run_scale(pool: Pool, n: int) -> float:
+    """map over n items with default arguments, consumed as they come: seconds."""
+    t0 = time.perf_counter()
+    total = 0
+    count = 0
+    for x in pool.map(identity, range(n), None):
+        total += x
+        count += 1
+    elapsed = time.perf_counter() - t0
+    _check(count == n and total == n * (n - 1) // 2, "scale")
+    return elapsed
+
+
+def run_startup(cls: type[Pool], workers: int, method: str) -> float:
+    """Construct, first result, shut down: milliseconds."""
+    t0 = time.perf_counter()
+    pool = cls(workers, method)
+    try:
+        _check(pool.result(pool.submit(identity, 7)) == 7, "startup")
+    finally:
+        pool.close()
+    return (time.perf_counter() - t0) * 1e3
+
+
+# ---- the registry ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One row of the table: how to run it, its count and its unit."""
+
+    name: str
+    run: Callable[..., float]
+    unit: str
+    higher_is_better: bool
+    # Items or calls at --size 1; None: not sized (one run is one event).
+    count: int | None
+    kind: str = "pool"  # "pool", "startup" or "process": see the module docstring
+    # Shown in the table's label: a name and a function of the count, e.g. the chunksize.
+    detail: tuple[str, Callable[[int], int]] | None = None
+    # Also time the raw pipe round trip floor (floor.py), n trips after each repeat.
+    floor: bool = False
+
+
+WORKLOADS: dict[str, Workload] = {
+    w.name: w
+    for w in [
+        Workload("tiny-submit", run_tiny_submit, "tasks/s", True, 20_000),
+        Workload("tiny-map", run_tiny_map, "items/s", True, 20_000),
+        Workload(
+            "chunked-map", run_chunked_map, "items/s", True, 100_000, detail=("chunksize", chunk_of)
+        ),
+        Workload("latency", run_latency, "µs/round trip", False, 2_000, floor=True),
+        Workload("payload", run_payload, "ms/task", False, 40),
+        Workload("scale", run_scale, "items/s", True, 1_000_000, kind="process"),
+        Workload("startup", run_startup, "ms", False, None, kind="startup"),
+    ]
+}
+
+
+# ---- running one ---------------------------------------------------------------
+
+
+def run_once(name: str, workload: str, workers: int, method: str, n: int) -> float:
+    """One timed run of a "pool" or "startup" workload; a fresh, warmed-up pool for the former."""
+    cls = POOL_CLASSES[name]
+    wl = WORKLOADS[workload]
+    if wl.kind == "startup":
+        return wl.run(cls, workers, method)
+    pool = cls(workers, method)
+    try:
+        warm(pool)
+        return wl.run(pool, n)
+    finally:
+        pool.close()
+        # Collect what this pool left in reference cycles now, untimed: pebble
+        # leaves ~200k objects per chunked map, and the full collection they
+        # cost (~0.1 s) would otherwise land in the next pool's timed run.
+        gc.collect()
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set size, in MiB.
+
+    On Linux, VmHWM of /proc/self/status: ``ru_maxrss`` is not this process's
+    own there, since Linux carries the parent's peak across fork and exec into
+    the child's ``ru_maxrss`` (so a big bench parent would set every scale
+    child's figure). Elsewhere ``getrusage(RUSAGE_SELF).ru_maxrss``.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / MiB if sys.platform == "darwin" else rss / 1024  # bytes vs KiB
+
+
+def process_child(spec: dict) -> dict:
+    """In the fresh process: run a "process" workload once; its seconds and peak RSS."""
+    wl = WORKLOADS[spec.get("workload", "scale")]
+    pool = POOL_CLASSES[spec["pool"]](spec["workers"], spec["method"])
+    try:
+        warm(pool)
+        base = peak_rss_mib()
+        elapsed = wl.run(pool, spec["n"])
+    finally:
+        pool.close()
+    return {"seconds": elapsed, "peak_rss_mib": peak_rss_mib(), "base_rss_mib": base}
+
+
+def run_in_process(workload: str, name: str, workers: int, method: str, n: int) -> dict:
+    """Run process_child in a fresh interpreter (``--_scale-child``) and return its figures."""
+    spec = {"workload": workload, "pool": name, "workers": workers, "method": method, "n": n}
+    env = dict(os.environ)
+    here = str(Path(__file__).resolve().parents[2])  # the directory holding pyexec/
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [here, env.get("PYTHONPATH")]))
+    proc = subprocess.run(
+        [sys.executable, "-m", "pyexec.bench", "--_scale-child", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=SCALE_TIMEOUT,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"{workload} run of {name} failed:\n{proc.stderr.strip()[-2000:]}")
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out["n"] = n
+    out["items_per_s"] = n / out["seconds"]
+    return out
