@@ -61,7 +61,7 @@ def newcomer_env() -> dict[str, str]:
 
 
 def in_group(pgid: int) -> list[psutil.Process]:
-    """The live processes of process group pgid (zombies are gone already)."""
+    """The live processes of process group pgid (zombies excluded: they have exited)."""
     out = []
     for p in psutil.process_iter():
         try:
@@ -75,7 +75,8 @@ def in_group(pgid: int) -> list[psutil.Process]:
 def test_first_command_names_the_bench():
     """The command this test runs is the install-and-bench one, so the flags below apply."""
     cmd = first_command((ROOT / "README.md").read_text())
-    assert "pip install ." in cmd and cmd.endswith("-m pyexec.bench"), cmd
+    assert "pip install ." in cmd, cmd
+    assert "-m pyexec.bench" in cmd.split("&&")[-1], cmd
 
 
 @pytest.mark.timeout(900)

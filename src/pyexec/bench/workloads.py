@@ -241,7 +241,7 @@ def run_in_process(workload: str, name: str, workers: int, method: str, n: int) 
     """Run process_child in a fresh interpreter (``--_scale-child``) and return its figures."""
     spec = {"workload": workload, "pool": name, "workers": workers, "method": method, "n": n}
     env = dict(os.environ)
-    here = str(Path(__file__).resolve().parents[2])  # the directory holding pyexec/
+    here = str(Path(os.path.abspath(__file__)).parents[2])  # the directory holding pyexec/
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [here, env.get("PYTHONPATH")]))
     proc = subprocess.run(
         [sys.executable, "-m", "pyexec.bench", "--_scale-child", json.dumps(spec)],
