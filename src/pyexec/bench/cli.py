@@ -25,10 +25,13 @@ from pyexec.bench.floor import floor_program, pipe_floor
 from pyexec.bench.pools import ALIASES, BASELINE, POOLS, available, version_of
 from pyexec.bench.report import plot, table
 from pyexec.bench.workloads import (
+    DEFAULT_WORKLOADS,
+    GROUPS,
     MIN_COUNT,
     SCALE_REDUCTION,
     SLOW_AT_SCALE,
     WORKLOADS,
+    not_applicable,
     process_child,
     run_in_process,
     run_once,
@@ -62,7 +65,7 @@ class Config:
     def process_count(self, workload: str, pool: str) -> int:
         """Items of a "process" workload for one pool (fewer for the slow ones unless --full)."""
         n = self.count(workload)
-        if pool in SLOW_AT_SCALE and not self.full:
+        if pool in SLOW_AT_SCALE and WORKLOADS[workload].reduce_slow and not self.full:
             n = max(MIN_COUNT, n // SCALE_REDUCTION)
         return n
 
@@ -89,10 +92,16 @@ def run(cfg: Config) -> dict:
         per_pool: dict[str, dict] = {p: {"runs": [], "errors": []} for p in cfg.pools}
         results[workload] = per_pool
         wl = WORKLOADS[workload]
+        for name in cfg.pools:
+            why = not_applicable(workload, name)
+            if why:
+                per_pool[name]["na"] = why
+                _log(f"  {workload:<16}{name:<21} n/a: {why}")
+        todo = [p for p in cfg.pools if "na" not in per_pool[p]]
         if wl.kind == "process":
-            for name in cfg.pools:
+            for name in todo:
                 n = cfg.process_count(workload, name)
-                _log(f"  {workload:<12}{name:<21} {n:,} items, in a fresh process")
+                _log(f"  {workload:<16}{name:<21} {n:,} items, in a fresh process")
                 try:
                     out = run_in_process(workload, name, cfg.workers, cfg.method, n)
                 except (RuntimeError, subprocess.SubprocessError, ValueError) as exc:
@@ -100,27 +109,27 @@ def run(cfg: Config) -> dict:
                     _log(f"    failed: {exc}")
                     continue
                 per_pool[name].update(out)
-                per_pool[name]["runs"].append(out["items_per_s"])
+                per_pool[name]["runs"].append(out[wl.value])
                 _log(f"    {_fmt_secs(out['seconds'])}, peak RSS {out['peak_rss_mib']:.0f} MiB")
             continue
         n = cfg.count(workload)
         exe = floor_program() if wl.floor else None
         floor_runs: list[float] = []
-        for r in range(cfg.repeats):
-            k = r % len(cfg.pools)
-            order = cfg.pools[k:] + cfg.pools[:k]  # rotate: no pool always goes first
+        for r in range(cfg.repeats if todo else 0):
+            k = r % len(todo)
+            order = todo[k:] + todo[:k]  # rotate: no pool always goes first
             for name in order:
                 faulthandler.dump_traceback_later(cfg.run_timeout, exit=True)
                 try:
                     value = run_once(name, workload, cfg.workers, cfg.method, n)
                 except Exception as exc:  # report it, go on with the other pools
                     per_pool[name]["errors"].append(f"{type(exc).__name__}: {exc}")
-                    _log(f"  {workload:<12}{name:<21} run {r + 1}: FAILED {exc!r}")
+                    _log(f"  {workload:<16}{name:<21} run {r + 1}: FAILED {exc!r}")
                     continue
                 finally:
                     faulthandler.cancel_dump_traceback_later()
                 per_pool[name]["runs"].append(value)
-                _log(f"  {workload:<12}{name:<21} run {r + 1}: {value:,.1f} {wl.unit}")
+                _log(f"  {workload:<16}{name:<21} run {r + 1}: {value:,.1f} {wl.unit}")
             if wl.floor:
                 floor_runs.append(pipe_floor(n, exe))
         if wl.floor:
@@ -141,7 +150,7 @@ def run(cfg: Config) -> dict:
             else:
                 res["count"] = cfg.count(workload)
             res["median"] = statistics.median(res["runs"]) if res["runs"] else None
-        base = per_pool.get(BASELINE, {}).get("median")
+        base = per_pool.get(wl.baseline or BASELINE, {}).get("median")
         for res in per_pool.values():
             m = res["median"]
             if base and m:
@@ -172,15 +181,23 @@ def run(cfg: Config) -> dict:
     }
 
 
-def _names(text: str, known: Iterable[str], what: str) -> list[str]:
-    out = []
+def _names(
+    text: str, known: Iterable[str], what: str, groups: dict[str, tuple[str, ...]] | None = None
+) -> list[str]:
+    out: list[str] = []
+    groups = groups or {}
     for raw in text.split(","):
         name = ALIASES.get(raw.strip(), raw.strip())
         if not name:
             continue
+        if name in groups:
+            out.extend(n for n in groups[name] if n not in out)
+            continue
         if name not in known:
-            raise SystemExit(f"unknown {what} {raw!r}; choose from {', '.join(known)}")
-        out.append(name)
+            choices = [*known, *groups]
+            raise SystemExit(f"unknown {what} {raw!r}; choose from {', '.join(choices)}")
+        if name not in out:
+            out.append(name)
     return out
 
 
@@ -201,10 +218,17 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         choices=multiprocessing.get_all_start_methods(),
         help="default: multiprocessing's default",
     )
+    optional: list[str] = []  # the rows run only when named, a group by its name
+    for name, wl in WORKLOADS.items():
+        group = next((g for g, names in GROUPS.items() if name in names), None)
+        label = f"{group} ({','.join(GROUPS[group])})" if group else name
+        if not wl.default and label not in optional:
+            optional.append(label)
     ap.add_argument(
         "--workloads",
-        default=",".join(WORKLOADS),
-        help=f"comma list (default {','.join(WORKLOADS)})",
+        default=",".join(DEFAULT_WORKLOADS),
+        help=f"comma list (default {','.join(DEFAULT_WORKLOADS)}; also, only when named: "
+        f"{', '.join(optional)}; big payloads and the map family, see docs/BENCH.md)",
     )
     ap.add_argument(
         "--pools",
@@ -268,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         pools.append(BASELINE)  # every ratio is to it
     cfg = Config(
         pools=pools,
-        workloads=_names(args.workloads, WORKLOADS, "workload"),
+        workloads=_names(args.workloads, WORKLOADS, "workload", GROUPS),
         workers=args.workers,
         method=args.start_method or multiprocessing.get_start_method(),
         size=args.size,

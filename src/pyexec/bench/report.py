@@ -44,9 +44,15 @@ def table(doc: dict) -> str:
         label = workload
         if wl.kind == "pool":
             label = f"{workload} ({_n(meta_count(per_pool))})"
+        elif wl.value == "peak_rss_mib":
+            label = f"{workload} ({_n(meta_count_max(per_pool))} pending)"
         cells = []
         for p in pools:
             res = per_pool[p]
+            if res.get("na"):
+                cells.append("n/a")
+                notes.append(f"n/a: {workload} / {p}: {res['na']}.")
+                continue
             if res["median"] is None:
                 cells.append("failed")
                 continue
@@ -60,22 +66,25 @@ def table(doc: dict) -> str:
         if wl.detail:
             what, of_count = wl.detail
             label += f", {what} {_n(of_count(meta_count(per_pool)))}"
+        if wl.baseline:
+            label += f" [x vs {SHORT.get(wl.baseline, wl.baseline)}]"
         rows.append([label, f"{unit} {arrow}", *cells])
         if wl.kind == "process":
             secs = []
             rss = []
             for p in pools:
                 res = per_pool[p]
-                if res["median"] is None:
-                    secs.append("failed")
-                    rss.append("failed")
+                if res.get("na") or res["median"] is None:
+                    secs.append("n/a" if res.get("na") else "failed")
+                    rss.append(secs[-1])
                     continue
                 mark = " [reduced]" if res["n"] != meta_count_max(per_pool) else ""
                 secs.append(f"{_num(res['seconds'])}{mark}")
                 rss.append(f"{res['peak_rss_mib']:.0f}{mark}")
             big = _n(meta_count_max(per_pool))
             rows.append([f"{workload} ({big}), time", "s ↓", *secs])
-            rows.append([f"{workload} ({big}), parent peak RSS", "MiB ↓", *rss])
+            if wl.value != "peak_rss_mib":  # else the row above is the peak RSS
+                rows.append([f"{workload} ({big}), parent peak RSS", "MiB ↓", *rss])
             reduced = sorted({_n(per_pool[p]["n"]) for p in pools if per_pool[p].get("n")})
             if len(reduced) > 1:
                 notes.append(
@@ -97,7 +106,8 @@ def table(doc: dict) -> str:
             f"{floor['median']:.1f} µs (median of {len(floor['runs'])})."
         )
     notes.append(
-        f"(Nx) = speed-up over concurrent.futures, higher is better. Medians of "
+        f"(Nx) = speed-up over concurrent.futures (or the pool in [x vs ..]), higher is "
+        f"better. Medians of "
         f"{meta['repeats']} interleaved runs; {meta['workers']} workers; start method "
         f"{meta['start_method']}; Python {meta['python']} on {meta['platform']}, "
         f"{meta['cpus']} CPUs; load average {meta['loadavg_before'][0]:.2f} before, "
@@ -144,6 +154,7 @@ def plot(doc: dict, path: str) -> None:
         wl = WORKLOADS[workload]
         unit, higher = wl.unit, wl.higher_is_better
         panel = {
+            "workload": workload,
             "title": workload,
             "ylabel": f"{unit} ({'higher' if higher else 'lower'} is better)",
             "values": {p: per_pool[p]["median"] for p in pools},
@@ -153,13 +164,16 @@ def plot(doc: dict, path: str) -> None:
         panels.append(panel)
         if wl.floor and doc.get("floor"):
             panel["floor"] = (doc["floor"]["median"], f"pipe floor, {doc['floor']['kind']}")
-        if wl.kind == "process":
+        if wl.kind == "process" and wl.value == "peak_rss_mib":
+            panel["title"] = f"{workload}: parent peak RSS"
+        elif wl.kind == "process":
             top = meta_count_max(per_pool)
             reduced = {p for p in pools if per_pool[p].get("n", top) != top}
             panel["reduced"] = reduced
             panel["title"] = f"{workload}: map over {_n(top)} items"
             panels.append(
                 {
+                    "workload": workload,
                     "title": f"{workload}: parent peak RSS",
                     "ylabel": "MiB (lower is better)",
                     "values": {p: per_pool[p].get("peak_rss_mib") for p in pools},
@@ -181,7 +195,11 @@ def plot(doc: dict, path: str) -> None:
         bars = ax.bar(labels, heights, color=[colors[i % 10] for i in range(len(pools))])
         for bar, p in zip(bars, pools, strict=True):
             s = speed.get(p)
-            text = "failed" if values[p] is None else (f"{s:.2f}x" if s else "")
+            text = (
+                ("n/a" if results[panel["workload"]][p].get("na") else "failed")
+                if values[p] is None
+                else (f"{s:.2f}x" if s else "")
+            )
             ax.annotate(
                 text,
                 (bar.get_x() + bar.get_width() / 2, bar.get_height()),

@@ -12,6 +12,11 @@ Adding a workload is one function plus one ``Workload`` entry in ``WORKLOADS``
   ``SLOW_AT_SCALE`` run n // ``SCALE_REDUCTION`` items unless ``--full``.
 
 Every run checks its results, so a pool that is fast and wrong fails.
+
+Rows with ``default=False`` run only when ``--workloads`` names them (the
+payload and map rows of issues 16 and 17); ``GROUPS`` names a set of rows at
+once (``payload-sweep``). A row may not apply to a pool (``applies``), or need
+a package (``needs``, e.g. numpy): its cell then reads n/a, with the reason.
 """
 
 from __future__ import annotations
@@ -44,11 +49,24 @@ PAYLOAD_WINDOW = 2
 SLOW_AT_SCALE = frozenset({"concurrent.futures", "loky", "pebble"})
 SCALE_REDUCTION = 20
 SCALE_TIMEOUT = 1800.0
+# big-array, big-bytes, array-roundtrip and payload-rss: 8 MiB each way per call.
+BIG_BYTES = 8 * MiB
+# payload-sweep: one row per array size, sequential round trips; each row moves
+# about SWEEP_VOLUME bytes each way at --size 1 (at least MIN_COUNT trips).
+SWEEP_SIZES = (64 << 10, 256 << 10, 1 * MiB, 4 * MiB, 16 * MiB, 64 * MiB)
+SWEEP_VOLUME = 256 * MiB
+SWEEP_MAX_TRIPS = 400
+NUMPY = ("numpy", "needs numpy: pip install 'pyexec[bench]' (or pip install numpy)")
 
 
 def identity(x: Any) -> Any:
     """Return x: the call every workload sends (importable, so spawn works)."""
     return x
+
+
+def nbytes_of(x: Any) -> int:
+    """The size of an array or bytes: payload-rss's call, whose result is small."""
+    return x.nbytes if hasattr(x, "nbytes") else len(x)
 
 
 def warm(pool: Pool) -> None:
@@ -137,6 +155,104 @@ def run_scale(pool: Pool, n: int) -> float:
     return elapsed
 
 
+def big_array(nbytes: int) -> Any:
+    """A numpy float64 array of nbytes, its values distinct (checked after the trip)."""
+    import numpy as np
+
+    return np.arange(nbytes // 8, dtype=np.float64)
+
+
+def _same_array(out: Any, arr: Any) -> bool:
+    return out.shape == arr.shape and out.dtype == arr.dtype and out[-1] == arr[-1] and (
+        out[: 1 << 10] == arr[: 1 << 10]
+    ).all()  # fmt: skip
+
+
+def _all_at_once(pool: Pool, n: int, data: Any, same: Callable[[Any], bool], what: str) -> float:
+    t0 = time.perf_counter()
+    handles = [pool.submit(identity, data) for _ in range(n)]
+    for h in handles:
+        _check(same(pool.result(h)), what)
+    return n / (time.perf_counter() - t0)
+
+
+def run_big_array(pool: Pool, n: int) -> float:
+    """n calls each sending and returning an 8 MiB float64 array, all submitted at once:
+    calls per second."""
+    arr = big_array(BIG_BYTES)
+    return _all_at_once(pool, n, arr, lambda out: _same_array(out, arr), "big-array")
+
+
+def run_big_bytes(pool: Pool, n: int) -> float:
+    """n calls each sending and returning 8 MiB of bytes, all submitted at once: calls/s."""
+    data = bytes(range(256)) * (BIG_BYTES // 256)
+    return _all_at_once(pool, n, data, lambda out: out == data, "big-bytes")
+
+
+def _roundtrips(pool: Pool, n: int, nbytes: int, what: str) -> float:
+    arr = big_array(nbytes)
+    _check(_same_array(pool.result(pool.submit(identity, arr)), arr), what)  # untimed
+    t0 = time.perf_counter()
+    for _ in range(n):
+        _check(_same_array(pool.result(pool.submit(identity, arr)), arr), what)
+    return (time.perf_counter() - t0) / n * 1e3
+
+
+def run_array_roundtrip(pool: Pool, n: int) -> float:
+    """n sequential round trips of an 8 MiB array (submit, result, next): ms each."""
+    return _roundtrips(pool, n, BIG_BYTES, "array-roundtrip")
+
+
+def sweep_name(nbytes: int) -> str:
+    """The row of payload-sweep for one size: sweep-64KiB ... sweep-64MiB."""
+    return f"sweep-{nbytes >> 20}MiB" if nbytes >= MiB else f"sweep-{nbytes >> 10}KiB"
+
+
+def _sweep_run(nbytes: int) -> Callable[[Pool, int], float]:
+    def run(pool: Pool, n: int) -> float:
+        return _roundtrips(pool, n, nbytes, sweep_name(nbytes))
+
+    run.__doc__ = f"n sequential round trips of a {sweep_name(nbytes)[6:]} array: ms each."
+    return run
+
+
+def run_payload_rss(pool: Pool, n: int) -> float:
+    """n calls pending at once that share one 8 MiB array argument, each returning its
+    size: seconds (the row's value is the parent's peak RSS)."""
+    arr = big_array(BIG_BYTES)
+    t0 = time.perf_counter()
+    handles = [pool.submit(nbytes_of, arr) for _ in range(n)]
+    for h in handles:
+        _check(pool.result(h) == BIG_BYTES, "payload-rss")
+    return time.perf_counter() - t0
+
+
+def run_map_default(pool: Pool, n: int) -> float:
+    """list(map(identity, range(n))) with the pool's default arguments: seconds."""
+    t0 = time.perf_counter()
+    out = pool.map(identity, range(n), None)
+    out = out if isinstance(out, list) else list(out)
+    elapsed = time.perf_counter() - t0
+    _check(len(out) == n and out[-1] == n - 1 and sum(out) == n * (n - 1) // 2, "map-default")
+    return elapsed
+
+
+def run_map_unordered(pool: Pool, n: int) -> float:
+    """identity over range(n) in completion order (pool.map_unordered): seconds."""
+    t0 = time.perf_counter()
+    total = count = 0
+    for x in pool.map_unordered(identity, range(n)):
+        total += x
+        count += 1
+    elapsed = time.perf_counter() - t0
+    _check(count == n and total == n * (n - 1) // 2, "map-unordered")
+    return elapsed
+
+
+def _unordered_applies(pool: str) -> str | None:
+    return POOL_CLASSES[pool].unordered_missing()
+
+
 def run_startup(cls: type[Pool], workers: int, method: str) -> float:
     """Construct, first result, shut down: milliseconds."""
     t0 = time.perf_counter()
@@ -166,6 +282,18 @@ class Workload:
     detail: tuple[str, Callable[[int], int]] | None = None
     # Also time the raw pipe round trip floor (floor.py), n trips after each repeat.
     floor: bool = False
+    # In the run without --workloads (False: only when named, so the default run keeps its time).
+    default: bool = True
+    # A package the row needs (its cells read n/a without it) and the hint to install it.
+    needs: tuple[str, str] | None = None
+    # None if the row applies to the pool, else why not (its cell reads n/a).
+    applies: Callable[[str], str | None] | None = None
+    # The pool its ratios are to (None: concurrent.futures, as everywhere).
+    baseline: str | None = None
+    # "process" rows: the figure of the cell, "items_per_s" (n / seconds) or "peak_rss_mib".
+    value: str = "items_per_s"
+    # "process" rows: the SLOW_AT_SCALE pools run a SCALE_REDUCTION-th of the items.
+    reduce_slow: bool = True
 
 
 WORKLOADS: dict[str, Workload] = {
@@ -180,8 +308,88 @@ WORKLOADS: dict[str, Workload] = {
         Workload("payload", run_payload, "ms/task", False, 40),
         Workload("scale", run_scale, "items/s", True, 1_000_000, kind="process"),
         Workload("startup", run_startup, "ms", False, None, kind="startup"),
+        # ---- issue 16: big payloads (numpy arrays and bytes of 8 MiB and more) ----
+        Workload("big-array", run_big_array, "calls/s", True, 40, default=False, needs=NUMPY),
+        Workload("big-bytes", run_big_bytes, "calls/s", True, 40, default=False),
+        Workload(
+            "array-roundtrip",
+            run_array_roundtrip,
+            "ms/round trip",
+            False,
+            20,
+            default=False,
+            needs=NUMPY,
+        ),
+        *[
+            Workload(
+                sweep_name(size),
+                _sweep_run(size),
+                "ms/round trip",
+                False,
+                max(MIN_COUNT, min(SWEEP_MAX_TRIPS, SWEEP_VOLUME // size)),
+                default=False,
+                needs=NUMPY,
+            )
+            for size in SWEEP_SIZES
+        ],
+        Workload(
+            "payload-rss",
+            run_payload_rss,
+            "MiB peak RSS",
+            False,
+            40,
+            kind="process",
+            default=False,
+            needs=NUMPY,
+            value="peak_rss_mib",
+            reduce_slow=False,
+        ),
+        # ---- issue 17: the map family, with default arguments ----
+        Workload(
+            "map-default",
+            run_map_default,
+            "items/s",
+            True,
+            1_000_000,
+            kind="process",
+            default=False,
+            baseline="multiprocessing.Pool",
+        ),
+        Workload(
+            "map-unordered",
+            run_map_unordered,
+            "items/s",
+            True,
+            1_000_000,
+            kind="process",
+            default=False,
+            applies=_unordered_applies,
+            baseline="multiprocessing.Pool",
+            reduce_slow=False,
+        ),
     ]
 }
+DEFAULT_WORKLOADS = tuple(name for name, w in WORKLOADS.items() if w.default)
+# Names that stand for several rows on the command line.
+GROUPS: dict[str, tuple[str, ...]] = {"payload-sweep": tuple(map(sweep_name, SWEEP_SIZES))}
+
+
+def missing_need(workload: str) -> str | None:
+    """Why a row cannot run here (its package is missing), or None."""
+    need = WORKLOADS[workload].needs
+    if need is None:
+        return None
+    try:
+        __import__(need[0])
+    except ImportError:
+        return need[1]
+    return None
+
+
+def not_applicable(workload: str, pool: str) -> str | None:
+    """Why a row's cell for this pool reads n/a (a missing package, a missing feature), or None."""
+    wl = WORKLOADS[workload]
+    return missing_need(workload) or (wl.applies(pool) if wl.applies else None)
 
 
 # ---- running one ---------------------------------------------------------------
