@@ -88,7 +88,9 @@ def run(cfg: Config) -> dict:
     t_start = time.perf_counter()
     results: dict[str, dict[str, dict]] = {}
     floor: dict[str, Any] | None = None
+    row_seconds: dict[str, float] = {}
     for workload in cfg.workloads:
+        t_row = time.perf_counter()
         per_pool: dict[str, dict] = {p: {"runs": [], "errors": []} for p in cfg.pools}
         results[workload] = per_pool
         wl = WORKLOADS[workload]
@@ -111,6 +113,7 @@ def run(cfg: Config) -> dict:
                 per_pool[name].update(out)
                 per_pool[name]["runs"].append(out[wl.value])
                 _log(f"    {_fmt_secs(out['seconds'])}, peak RSS {out['peak_rss_mib']:.0f} MiB")
+            row_seconds[workload] = time.perf_counter() - t_row
             continue
         n = cfg.count(workload)
         exe = floor_program() if wl.floor else None
@@ -132,6 +135,7 @@ def run(cfg: Config) -> dict:
                 _log(f"  {workload:<16}{name:<21} run {r + 1}: {value:,.1f} {wl.unit}")
             if wl.floor:
                 floor_runs.append(pipe_floor(n, exe))
+        row_seconds[workload] = time.perf_counter() - t_row
         if wl.floor:
             floor = {
                 "kind": "C (cc)" if exe else "Python os.pipe",
@@ -174,6 +178,7 @@ def run(cfg: Config) -> dict:
             "loadavg_before": list(load_before),
             "loadavg_after": list(os.getloadavg()),
             "wall_seconds": time.perf_counter() - t_start,
+            "row_seconds": row_seconds,
             "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
         },
         "results": results,

@@ -113,6 +113,9 @@ def table(doc: dict) -> str:
         f"{meta['cpus']} CPUs; load average {meta['loadavg_before'][0]:.2f} before, "
         f"{meta['loadavg_after'][0]:.2f} after; {meta['wall_seconds']:.0f} s in all."
     )
+    if meta.get("row_seconds"):
+        each = ", ".join(f"{w} {s:.0f} s" for w, s in meta["row_seconds"].items())
+        notes.append(f"Wall time per row: {each}.")
     versions = ", ".join(f"{p} {v}" for p, v in meta["versions"].items())
     notes.append(f"Versions: {versions}.")
     errors = [
