@@ -21,6 +21,9 @@ CHUNKED = 20_000
 LATENCY_ROUNDS = 300
 PAYLOAD_TASKS = 8
 SCALE = 20_000
+BIG_TASKS = 8
+ARRAY_TRIPS = 10
+MAP_ITEMS = 20_000
 
 
 def _rounds(benchmark, fn: Callable[[], object], rounds: int = ROUNDS) -> None:
@@ -96,3 +99,66 @@ def test_startup(benchmark, pool_name: str, start: tuple[int, str]) -> None:
     """Construct, first result, shut down."""
     cls = POOL_CLASSES[pool_name]
     _rounds(benchmark, lambda: workloads.run_startup(cls, *start))
+
+
+# ---- issue 16: big payloads ----------------------------------------------------
+# payload-rss (the parent's peak RSS) is not a timing: it lives in `python -m pyexec.bench` only.
+
+
+@pytest.mark.benchmark(group="big-array")
+def test_big_array(benchmark, pool: Pool) -> None:
+    """BIG_TASKS calls sending and returning an 8 MiB float64 array, all submitted at once."""
+    pytest.importorskip("numpy", reason=workloads.NUMPY[1])
+    benchmark.extra_info["tasks"] = BIG_TASKS
+    benchmark.extra_info["bytes_each_way"] = workloads.BIG_BYTES
+    _rounds(benchmark, lambda: workloads.run_big_array(pool, BIG_TASKS), rounds=3)
+
+
+@pytest.mark.benchmark(group="big-bytes")
+def test_big_bytes(benchmark, pool: Pool) -> None:
+    """BIG_TASKS calls sending and returning 8 MiB of bytes, all submitted at once."""
+    benchmark.extra_info["tasks"] = BIG_TASKS
+    benchmark.extra_info["bytes_each_way"] = workloads.BIG_BYTES
+    _rounds(benchmark, lambda: workloads.run_big_bytes(pool, BIG_TASKS), rounds=3)
+
+
+@pytest.mark.benchmark(group="array-roundtrip")
+def test_array_roundtrip(benchmark, pool: Pool) -> None:
+    """ARRAY_TRIPS sequential round trips of an 8 MiB float64 array."""
+    pytest.importorskip("numpy", reason=workloads.NUMPY[1])
+    benchmark.extra_info["trips"] = ARRAY_TRIPS
+    _rounds(benchmark, lambda: workloads.run_array_roundtrip(pool, ARRAY_TRIPS), rounds=3)
+
+
+@pytest.mark.parametrize("nbytes", workloads.SWEEP_SIZES, ids=workloads.sweep_name)
+def test_payload_sweep(benchmark, pool: Pool, nbytes: int) -> None:
+    """One round trip of a float64 array of each size: where shared memory starts to pay."""
+    pytest.importorskip("numpy", reason=workloads.NUMPY[1])
+    benchmark.group = f"payload-sweep {workloads.sweep_name(nbytes)}"
+    arr = workloads.big_array(nbytes)
+
+    def trip() -> None:
+        assert pool.result(pool.submit(workloads.identity, arr)).shape == arr.shape
+
+    rounds = max(3, min(30, (64 << 20) // nbytes))
+    benchmark.pedantic(trip, rounds=rounds, iterations=1, warmup_rounds=1)
+
+
+# ---- issue 17: the map family, default arguments ----------------------------------
+
+
+@pytest.mark.benchmark(group="map-default")
+def test_map_default(benchmark, pool: Pool) -> None:
+    """list(map(identity, range(MAP_ITEMS))) with the pool's default arguments."""
+    benchmark.extra_info["items"] = MAP_ITEMS
+    _rounds(benchmark, lambda: workloads.run_map_default(pool, MAP_ITEMS), rounds=3)
+
+
+@pytest.mark.benchmark(group="map-unordered")
+def test_map_unordered(benchmark, pool: Pool) -> None:
+    """identity over range(MAP_ITEMS) in completion order (where the pool has it)."""
+    missing = pool.unordered_missing()
+    if missing:
+        pytest.skip(missing)  # a feature the pool lacks, not a failure: nothing to time
+    benchmark.extra_info["items"] = MAP_ITEMS
+    _rounds(benchmark, lambda: workloads.run_map_unordered(pool, MAP_ITEMS), rounds=3)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -10,7 +11,17 @@ import sys
 
 import pytest
 
-from pyexec.bench.workloads import SCALE_REDUCTION, WORKLOADS
+import pyexec
+from pyexec.bench.cli import _names
+from pyexec.bench.workloads import (
+    DEFAULT_WORKLOADS,
+    GROUPS,
+    NUMPY,
+    SCALE_REDUCTION,
+    SWEEP_SIZES,
+    WORKLOADS,
+    sweep_name,
+)
 
 POOLS = ["pyexec", "concurrent.futures", "multiprocessing.Pool"]
 
@@ -29,7 +40,7 @@ def test_quick_run_reports_every_workload_and_pool(tmp_path):
     doc = json.loads(out.read_text())
     assert doc["meta"]["pools"] == POOLS
     assert doc["meta"]["workers"] == 2
-    assert set(doc["results"]) == set(WORKLOADS)
+    assert set(doc["results"]) == set(DEFAULT_WORKLOADS)
     for workload, per_pool in doc["results"].items():
         assert set(per_pool) == set(POOLS), workload
         for pool, res in per_pool.items():
@@ -68,3 +79,98 @@ def test_unknown_pool_is_a_clear_error():
     )  # fmt: skip
     assert proc.returncode != 0
     assert "unknown pool 'nosuchpool'" in proc.stderr
+
+
+# The rows of issues 16 and 17: opt-in, so none of them is in the default run above.
+NEW_ROWS = ["big-array", "big-bytes", "array-roundtrip", "payload-rss", "map-default",
+            "map-unordered"]  # fmt: skip
+
+
+def _bench(args: list[str], tmp_path, timeout: float, env: dict | None = None):
+    out = tmp_path / "out.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pyexec.bench", "--quick", "--size", "0.02", "--json", str(out),
+         "--run-timeout", "60", *args],
+        capture_output=True, text=True, timeout=timeout, cwd=tmp_path, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc, json.loads(out.read_text())
+
+
+def test_new_rows_are_opt_in_and_listed_in_help():
+    """The payload and map rows stay out of the default run, and --help names each."""
+    for name in [*NEW_ROWS, *GROUPS["payload-sweep"]]:
+        assert name in WORKLOADS and name not in DEFAULT_WORKLOADS, name
+    assert GROUPS["payload-sweep"] == tuple(sweep_name(n) for n in SWEEP_SIZES)
+    assert sweep_name(64 << 10) == "sweep-64KiB" and sweep_name(64 << 20) == "sweep-64MiB"
+    assert _names("big-array,payload-sweep,big-array", WORKLOADS, "workload", GROUPS) == [
+        "big-array",
+        *GROUPS["payload-sweep"],
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "pyexec.bench", "--help"], capture_output=True, text=True,
+        timeout=60, env=dict(os.environ, COLUMNS="400"),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    for name in [*NEW_ROWS, "payload-sweep"]:
+        assert name in proc.stdout, name
+
+
+@pytest.mark.timeout(200)
+def test_new_rows_quick_run(tmp_path):
+    """Every new row runs on every pool, or reads n/a with its reason; figures are sane."""
+    pytest.importorskip("numpy", reason=NUMPY[1])
+    rows = [*NEW_ROWS, "sweep-64KiB", "sweep-1MiB"]  # the sweep's big sizes cost seconds
+    proc, doc = _bench(["--pools", ",".join(POOLS), "--workloads", ",".join(rows)], tmp_path, 180)
+    assert list(doc["results"]) == rows
+    unordered = "unordered" in inspect.signature(pyexec.ProcessPoolExecutor.map).parameters
+    for workload, per_pool in doc["results"].items():
+        for pool, res in per_pool.items():
+            where = f"{workload}/{pool}"
+            assert res["errors"] == [], where
+            if workload == "map-unordered" and (
+                pool == "concurrent.futures" or (pool == "pyexec" and not unordered)
+            ):
+                assert "unordered" in res["na"] and res["runs"] == [], where
+                continue
+            assert "na" not in res, where
+            assert len(res["runs"]) == 1 and res["runs"][0] > 0, where
+            assert math.isfinite(res["runs"][0]), where
+    # Ratios: to concurrent.futures, except the map rows, which are to multiprocessing.Pool.
+    assert doc["results"]["big-array"]["concurrent.futures"]["speedup"] == 1.0
+    assert doc["results"]["map-default"]["multiprocessing.Pool"]["speedup"] == 1.0
+    assert doc["results"]["map-unordered"]["multiprocessing.Pool"]["speedup"] == 1.0
+    # payload-rss: peak RSS in MiB, every pool at the same count (no reduction), and the
+    # 8 MiB argument counted in each (a fresh interpreter with numpy is over 8 MiB).
+    rss = doc["results"]["payload-rss"]
+    for pool in POOLS:
+        assert rss[pool]["n"] == 4, pool
+        assert rss[pool]["median"] == rss[pool]["peak_rss_mib"], pool
+        assert 8 < rss[pool]["peak_rss_mib"] < 4096, pool
+    # map-default: concurrent.futures maps a twentieth, as in scale; the others all of it.
+    mapd = doc["results"]["map-default"]
+    assert mapd["pyexec"]["n"] == mapd["multiprocessing.Pool"]["n"] == 20_000
+    assert mapd["concurrent.futures"]["n"] == 20_000 // SCALE_REDUCTION
+    assert set(doc["meta"]["row_seconds"]) == set(rows)
+    assert "payload-rss (4 pending)" in proc.stdout
+    assert "[x vs mp.Pool]" in proc.stdout
+    if not unordered:
+        assert "pyexec's map has no unordered= yet" in proc.stdout
+
+
+@pytest.mark.timeout(90)
+def test_numpy_rows_say_when_numpy_is_missing(tmp_path):
+    """Without numpy the array rows read n/a with the install hint; the others still run."""
+    fake = tmp_path / "fake" / "numpy"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('no numpy here (test)')\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        filter(None, [str(fake.parent), os.environ.get("PYTHONPATH")])))  # fmt: skip
+    proc, doc = _bench(
+        ["--pools", "pyexec,concurrent.futures", "--workloads", "big-bytes,array-roundtrip"],
+        tmp_path, 80, env,
+    )  # fmt: skip
+    for pool in ["pyexec", "concurrent.futures"]:
+        assert doc["results"]["array-roundtrip"][pool]["na"] == NUMPY[1]
+        assert doc["results"]["big-bytes"][pool]["runs"][0] > 0
+    assert "pip install 'pyexec[bench]'" in proc.stdout
