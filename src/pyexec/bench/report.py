@@ -23,6 +23,10 @@ def _num(v: float) -> str:
     return f"{v:.2f}"
 
 
+def _ratio(s: float) -> str:
+    return f"{s:.2f}x" if s >= 0.1 else f"{s:.3f}x"  # 0.002x, not 0.00x
+
+
 def _n(n: int) -> str:
     if n >= 1_000_000 and n % 1_000_000 == 0:
         return f"{n // 1_000_000}M"
@@ -58,7 +62,7 @@ def table(doc: dict) -> str:
                 continue
             cell = _num(res["median"])
             if res.get("speedup") is not None:
-                cell += f" ({res['speedup']:.2f}x)"
+                cell += f" ({_ratio(res['speedup'])})"
             if wl.kind == "process":
                 cell += f" [{_n(res['n'])}]" if res["n"] != meta_count_max(per_pool) else ""
             cells.append(cell)
