@@ -174,3 +174,26 @@ def test_numpy_rows_say_when_numpy_is_missing(tmp_path):
         assert doc["results"]["array-roundtrip"][pool]["na"] == NUMPY[1]
         assert doc["results"]["big-bytes"][pool]["runs"][0] > 0
     assert "pip install 'pyexec[bench]'" in proc.stdout
+
+
+@pytest.mark.timeout(60)
+def test_map_unordered_row_turns_on_when_pyexec_map_has_unordered(monkeypatch):
+    """Once pyexec's map takes unordered=, the row runs it (here a stand-in that sorts nothing)."""
+    from pyexec.bench import workloads
+    from pyexec.bench.pools import PyexecPool
+
+    real_map = pyexec.ProcessPoolExecutor.map
+    seen = []
+
+    def map_with_unordered(self, fn, *iterables, timeout=None, chunksize=1, unordered=False):
+        seen.append(unordered)
+        return real_map(self, fn, *iterables, timeout=timeout, chunksize=chunksize)
+
+    monkeypatch.setattr(pyexec.ProcessPoolExecutor, "map", map_with_unordered)
+    assert PyexecPool.unordered_missing() is None
+    pool = PyexecPool(2, "fork" if sys.platform == "linux" else "spawn")
+    try:
+        assert workloads.run_map_unordered(pool, 1000) > 0
+    finally:
+        pool.close()
+    assert seen == [True]

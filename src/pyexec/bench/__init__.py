@@ -15,6 +15,11 @@ alone (VmHWM on Linux, ``ru_maxrss`` elsewhere). Pools that take minutes there
 (``map`` with chunksize 1 through a feeder thread) run a twentieth of the items
 unless ``--full`` is given; the table says so.
 
+Rows run only when ``--workloads`` names them (issues 16 and 17): big-array,
+big-bytes, array-roundtrip, payload-sweep (one row per array size),
+payload-rss (peak RSS with 40 pending 8 MiB calls), map-default and
+map-unordered (fresh process per pool, like ``scale``). See docs/BENCH.md.
+
 The latency floor is a raw pipe round trip between two processes: a small C
 program (``floor.c``) compiled at first use with ``cc`` into a cache directory,
 or, when that fails, the same ping-pong between two Python processes.
