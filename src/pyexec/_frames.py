@@ -127,10 +127,15 @@ def encode(kind: int, tid: int, payload: bytes = b"", flags: int = 0) -> bytes:
 # Frames taken per px_decoder_next_many call.
 TAKE_MAX = 256
 
-# What px_decoder_read_many leaves in its status and meta arrays, read with
-# one struct call each: unpacking the meta of n frames this way costs a third
-# of ffi.unpack, the first cost of every result a reader takes.
-_STATUS = struct.Struct("=4q").unpack_from
+# What px_decoder_read_many leaves in its px_read_status and meta array, read
+# with one struct call each: unpacking the meta of n frames this way costs a
+# third of ffi.unpack, the first cost of every result a reader takes. The
+# status's fields, in order: read, error, buf, cap (checked here, once).
+_STATUS_FIELDS = ("read", "error", "buf", "cap")
+_STATUS_STRUCT = struct.Struct("=4q")
+assert ffi.sizeof("px_read_status") == _STATUS_STRUCT.size
+assert [ffi.offsetof("px_read_status", f) for f in _STATUS_FIELDS] == [0, 8, 16, 24]
+_STATUS = _STATUS_STRUCT.unpack_from
 _META = [struct.Struct(f"={4 * n}Q").unpack_from for n in range(TAKE_MAX + 1)]
 
 
@@ -156,7 +161,7 @@ class Decoder:
         self._meta = ffi.new("uint64_t[]", 4 * TAKE_MAX)
         self._meta_buf = ffi.buffer(self._meta)
         self._base = ffi.new("char **")
-        self._status = ffi.new("int64_t[4]")
+        self._status = ffi.new("px_read_status *")
         self._status_buf = ffi.buffer(self._status)
         # A view of the core's whole buffer, kept while the buffer stays where
         # it is: (its address, its capacity) and the view.
@@ -199,10 +204,9 @@ class Decoder:
             n = lib.px_decoder_read_many(
                 self._d, fd, self._meta, TAKE_MAX, self._base, self._status, spin_ns
             )
-            status = _STATUS(self._status_buf)
-            rc = status[0]
+            rc, error, buf, cap = _STATUS(self._status_buf)
             if rc != -errno.EINTR or n:  # else: signal handlers have run, read again
-                return (self._read_result(rc), *self._frames(n, status))
+                return (self._read_result(rc), *self._frames(n, error, buf, cap))
 
     @staticmethod
     def each(meta: tuple[int, ...]) -> Iterable[tuple[int, ...]]:
@@ -226,19 +230,22 @@ class Decoder:
         slices, drop them. ((), None) when no frame is complete.
         """
         n = lib.px_decoder_read_many(self._d, -1, self._meta, TAKE_MAX, self._base, self._status, 0)
-        return self._frames(n, _STATUS(self._status_buf))
+        _rc, error, buf, cap = _STATUS(self._status_buf)
+        return self._frames(n, error, buf, cap)
 
-    def _frames(self, n: int, status: tuple) -> tuple[tuple[int, ...], memoryview | None]:
+    def _frames(
+        self, n: int, error: int, buf: int, cap: int
+    ) -> tuple[tuple[int, ...], memoryview | None]:
         """What take returns, for n frames left in _meta by the core (or its
-        error); status is the core's status array, unpacked."""
-        self.failed = status[1] != 0
+        error); error, buf, cap: the core's px_read_status fields."""
+        self.failed = error != 0
         if n <= 0:
             self._raise_for(n)
             return (), None
-        buf = status[2], status[3]
-        if buf != self._buf:  # the buffer moved or grew: a view of it anew
-            self._view = memoryview(ffi.buffer(self._base[0], buf[1]))
-            self._buf = buf
+        where = buf, cap
+        if where != self._buf:  # the buffer moved or grew: a view of it anew
+            self._view = memoryview(ffi.buffer(self._base[0], cap))
+            self._buf = where
         return _META[n](self._meta_buf), self._view
 
     def frames(self) -> list[tuple[int, int, int, bytes]]:

@@ -174,30 +174,28 @@ def _run_frames(meta, view, out, loads, dumps, proto, rss, max_memory) -> bool:
     wrong call. Only map batches flagged HOLD may hold results back.
     """
     KIND_CALL, KIND_BATCH = frames.KIND_CALL, frames.KIND_BATCH
+    MASK, SHIFT = frames.KIND_MASK, frames.FLAG_SHIFT
     send = out.send
     for word, tid, off, size in frames.Decoder.each(meta):
-        kind = word & 0xFF
+        kind = word & MASK
         if kind == KIND_CALL:
             buf = view[off : off + size]
-            if word >> 8 & frames.FLAG_STARTED:
+            if word >> SHIFT & frames.FLAG_STARTED:
                 send(frames.KIND_STARTED, tid)
             try:
                 fn, args, kwargs = _load_call(loads, buf, tid)
-                r = fn(*args, **kwargs)
-                del fn, args, kwargs
             except BaseException as exc:
-                payload, rkind, flags = _dumps_exception(exc), frames.KIND_ERROR, 0
+                fn, args, kwargs = _reraise, exc, None  # the call fails with it
                 del exc
-            else:
-                payload, rkind, flags = _dumps_result(r, dumps, proto)
-                del r
-            if max_memory is not None and rss() > max_memory:
-                flags |= frames.FLAG_RECYCLE
+            payload, rkind, flags = _run(fn, args, kwargs, dumps, proto, rss, max_memory)
+            del fn, args, kwargs
             send(rkind, tid, payload, flags)
             del payload
         elif kind == KIND_BATCH:
             buf = view[off : off + size]
-            _run_batch(loads(buf), word >> 8, out.push, out.flush, dumps, proto, rss, max_memory)
+            _run_batch(
+                loads(buf), word >> SHIFT, out.push, out.flush, dumps, proto, rss, max_memory
+            )
             del buf
         elif kind == frames.KIND_EXIT:
             send(frames.KIND_EXIT_ACK, tid)
@@ -205,6 +203,33 @@ def _run_frames(meta, view, out, loads, dumps, proto, rss, max_memory) -> bool:
         else:
             raise frames.ChannelError(0, f"unexpected frame kind {kind} from the parent")
     return False
+
+
+def _run(fn, args, kwargs, dumps, proto, rss, max_memory) -> tuple[bytes, int, int]:
+    """The one body every call runs, a submitted call or a map item: call
+    fn(*args, **kwargs) (kwargs None: fn(args), a map item's single argument),
+    then dump its result or its exception: (payload, result kind, flags),
+    flagged RECYCLE when this worker is over max_memory."""
+    try:
+        r = fn(args) if kwargs is None else fn(*args, **kwargs)
+    except BaseException as exc:
+        payload, rkind, flags = _dumps_exception(exc), frames.KIND_ERROR, 0
+        del exc
+    else:
+        payload, rkind, flags = _dumps_result(r, dumps, proto)
+        del r
+    if max_memory is not None and rss() > max_memory:
+        flags |= frames.FLAG_RECYCLE
+    return payload, rkind, flags
+
+
+def _reraise(exc: BaseException) -> None:
+    """Stands in for a call whose function or arguments could not be loaded."""
+    raise exc
+
+
+# A map item's keyword arguments (none; shared: ** unpacking copies it).
+_NO_KWARGS: dict = {}
 
 
 def _load_args(loads, data, tid: int):
@@ -272,26 +297,23 @@ def _run_batch(call, flags, push, flush, dumps, proto, rss, max_memory) -> None:
         fn, fn_error = None, exc
     held_since = 0.0
     last = len(tids) - 1
+    kwargs = _NO_KWARGS if star else None
     for j, tid in enumerate(tids):
         if report:
             push(frames.KIND_STARTED, tid)
             flush()
         start = monotonic()
-        try:
-            if fn_error is not None:
-                raise fn_error
-            args = _load_args(loads, arg_pickles[j], tid)
-            r = fn(*args) if star else fn(args)
-            del args
-        except BaseException as exc:
-            payload, rkind, rflags = _dumps_exception(exc), frames.KIND_ERROR, 0
-            del exc
+        if fn_error is not None:
+            f, args, kw = _reraise, fn_error, None
         else:
-            payload, rkind, rflags = _dumps_result(r, dumps, proto)
-            del r
+            try:
+                f, args, kw = fn, _load_args(loads, arg_pickles[j], tid), kwargs
+            except BaseException as exc:
+                f, args, kw = _reraise, exc, None
+                del exc
+        payload, rkind, rflags = _run(f, args, kw, dumps, proto, rss, max_memory)
+        del f, args
         arg_pickles[j] = None
-        if max_memory is not None and rss() > max_memory:
-            rflags |= frames.FLAG_RECYCLE
         push(rkind, tid, payload, rflags)
         del payload
         if hold and j < last:
