@@ -267,8 +267,8 @@ class Decoder:
                 off = meta[i + 2]
                 out.append(
                     (
-                        meta[i] & 0xFF,
-                        meta[i] >> 8,
+                        meta[i] & KIND_MASK,
+                        meta[i] >> FLAG_SHIFT,
                         meta[i + 1],
                         bytes(view[off : off + meta[i + 3]]),
                     )
