@@ -168,6 +168,8 @@ class HandOff:
                 self._decode(w, settled, meta, view)
                 if n == 0:
                     return  # end of file: the manager sees it too
+                if inflight and inflight[0].t0 and self._unknown_deadline(inflight[0]):
+                    return  # the manager must enforce it: finally wakes it
         except ChannelError as exc:
             self._protocol_error(w, str(exc))
         finally:
@@ -175,8 +177,16 @@ class HandOff:
                 poll.unregister(fd)
             if inflight:  # calls no one may wait on here: the manager's again
                 self.rearm(w)
+                if inflight[0].t0 and self._unknown_deadline(inflight[0]):
+                    self.wake()  # a deadline started that the sleeping manager does not know
             if settled and (self.pending or w.recycle or w.quota == 0):
                 self.wake()  # work to dispatch, or a worker to retire
+
+    def _unknown_deadline(self, head: Task) -> bool:
+        """True when head's deadline (it said it started: a STARTED frame read
+        here) comes before the sleeping manager means to wake up."""
+        until = self.sleep_until
+        return until is None or head.t0 + head.timeout < until
 
     def rearm_masked(self) -> None:
         """Watch again the result fds that help() left out of the waiter."""
