@@ -25,7 +25,7 @@ one but its own result()'s help. So any other wait on it (a Condition made:
 callbacks, wait(), as_completed; or done(), see _future) calls
 ``_Task.watch``, which unmasks the fd (``unmask``); and the manager rearms
 every masked fd before it sleeps (``rearm_masked``) and forgets a dead
-lane's. Nothing else masks or unmasks a result fd.
+lane's (``drop``). Nothing else masks or unmasks a result fd.
 """
 
 from __future__ import annotations
@@ -192,6 +192,10 @@ class HandOff:
         """Watch again the result fds that help() left out of the waiter."""
         for w in list(self.masked):
             self.rearm(w)
+
+    def drop(self, w: Lane) -> None:
+        """Forget a dead lane: its fd is being closed, nothing to rearm."""
+        self.masked.discard(w)
 
     def rearm(self, w: Lane) -> None:
         """Put w's result fd, masked by help(), back in the waiter (dispatch_lock held)."""

@@ -231,7 +231,7 @@ class Outcomes:
 
     def _forget(self, w: Lane) -> None:
         w.state = DEAD
-        self.masked.discard(w)
+        self.drop(w)  # see _handoff
         for fd in (w.result_fd, w.sentinel, w.call_fd):
             self.by_fd.pop(fd, None)
         self.waiter.remove(w.result_fd)
