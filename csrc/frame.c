@@ -214,22 +214,22 @@ int px_decoder_next_many(px_decoder *d, uint64_t *out, int max, const char **bas
 }
 
 int px_decoder_read_many(px_decoder *d, int fd, uint64_t *out, int max,
-                         const char **base, int64_t status[4], int64_t spin_ns) {
-    status[0] = fd >= 0 ? px_decoder_read(d, fd) : -EAGAIN;
+                         const char **base, px_read_status *status, int64_t spin_ns) {
+    status->read = fd >= 0 ? px_decoder_read(d, fd) : -EAGAIN;
     int n = px_decoder_next_many(d, out, max, base);
-    if (n == 0 && status[0] == -EAGAIN && fd >= 0 && spin_ns > 0) {
+    if (n == 0 && status->read == -EAGAIN && fd >= 0 && spin_ns > 0) {
         struct timespec t0, t;
         clock_gettime(CLOCK_MONOTONIC, &t0);
         do {
-            status[0] = px_decoder_read(d, fd);
-            if (status[0] != -EAGAIN) break;
+            status->read = px_decoder_read(d, fd);
+            if (status->read != -EAGAIN) break;
             clock_gettime(CLOCK_MONOTONIC, &t);
         } while ((t.tv_sec - t0.tv_sec) * 1000000000LL + (t.tv_nsec - t0.tv_nsec) < spin_ns);
         n = px_decoder_next_many(d, out, max, base);
     }
-    status[1] = d->error;
-    status[2] = (int64_t)(intptr_t)d->buf;
-    status[3] = (int64_t)d->cap;
+    status->error = d->error;
+    status->buf = (int64_t)(intptr_t)d->buf;
+    status->cap = (int64_t)d->cap;
     return n;
 }
 

@@ -30,7 +30,7 @@
 /* CDEF BEGIN */
 
 /* Bumped whenever a declaration below changes meaning. Checked at import. */
-#define PX_CORE_ABI 4
+#define PX_CORE_ABI 5
 
 /* ---- frames ---------------------------------------------------------- */
 
@@ -145,6 +145,19 @@ int px_decoder_next(px_decoder *d, px_frame *out);
  * instead of one per frame: the per-call cost is what a tiny task pays. */
 int px_decoder_next_many(px_decoder *d, uint64_t *out, int max, const char **base);
 
+/* What px_decoder_read_many reports beside the frames it took: four int64s,
+ * in this order and without padding (Python reads them with one unpack). */
+typedef struct {
+    int64_t read;  /* the read's result: bytes, 0 at end of file, -errno
+                    * (-EAGAIN when no read was asked, fd < 0) */
+    int64_t error; /* the sticky error after the take, or 0: so the caller knows
+                    * without one more call that the frames it got were
+                    * followed by a malformed one */
+    int64_t buf;   /* the buffer's address and capacity: while both stay the */
+    int64_t cap;   /* same, a view of it made earlier is still the buffer (a
+                    * caller keeps one instead of making one per call) */
+} px_read_status;
+
 /* px_decoder_read(d, fd) (none when fd < 0), then px_decoder_next_many: one
  * call where a reader needs two. When the read would block and no frame is
  * complete, and spin_ns > 0, it reads again until bytes come or spin_ns
@@ -154,15 +167,11 @@ int px_decoder_next_many(px_decoder *d, uint64_t *out, int max, const char **bas
  * spin; a signal does not (reads that do not block are not interrupted), so
  * its Python handler runs at most spin_ns late. Each call from Python
  * releases the GIL and takes it back, and while another thread wants it
- * that round trip costs far more than the call. status[0] gets the read's result (-EAGAIN when fd < 0);
- * status[1] the sticky error after the take, or 0: so the caller knows
- * without one more call that the frames it got were followed by a malformed
- * one. status[2] and status[3] are the buffer's address and capacity: while
- * both stay the same, a view of it made earlier is still the buffer (a caller
- * keeps one instead of making one per call). Returns what
+ * that round trip costs far more than the call. *status gets what else the
+ * caller needs to know (see px_read_status). Returns what
  * px_decoder_next_many returns. */
 int px_decoder_read_many(px_decoder *d, int fd, uint64_t *out, int max,
-                         const char **base, int64_t status[4], int64_t spin_ns);
+                         const char **base, px_read_status *status, int64_t spin_ns);
 
 /* Bytes held that do not yet make a whole frame (non-zero at end of file
  * means the peer stopped mid-frame). */

@@ -62,14 +62,14 @@ def started_then_sleep(startfile: str, seconds: float) -> int:
 
 def rss_now(_: object = None) -> int:
     """The worker's resident memory in bytes, as pyexec measures it."""
-    from pyexec import _channel
+    from pyexec import _native
 
-    return _channel.rss()
+    return _native.rss()
 
 
 def hog(mb: int) -> tuple[int, int]:
     """Allocate mb MiB, touch every page, keep it for good; return (pid, rss)."""
-    from pyexec import _channel
+    from pyexec import _native
 
     _KEEP.append(b"\x01" * (mb * 1024 * 1024))
-    return os.getpid(), _channel.rss()
+    return os.getpid(), _native.rss()

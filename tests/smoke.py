@@ -69,12 +69,12 @@ def methods() -> list[str]:
 
 def check_install(installed: bool) -> None:
     """Report where pyexec and its core come from; with installed, refuse a source tree."""
-    from pyexec import _channel, _core
+    from pyexec import _core, _native
 
     pkg = os.path.dirname(os.path.abspath(pyexec.__file__))
     print(f"smoke: Python {sys.version.split()[0]} ({sys.executable})")
     print(f"smoke: pyexec {pyexec.__version__} from {pkg}")
-    stamp = _channel.ffi.string(_channel.lib.px_build_stamp()).decode()
+    stamp = _native.ffi.string(_native.lib.px_build_stamp()).decode()
     print(f"smoke: core {os.path.basename(_core.__file__)}, stamp {stamp!r}")
     check(stamp.split(" ")[0] == pyexec.__version__, f"core stamp {stamp!r} is not this version")
     if installed:

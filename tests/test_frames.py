@@ -1,6 +1,6 @@
 """The frame decoder and writer through cffi: one test per edge case, as hiredis tests its reader.
 
-These go through ``pyexec._channel`` (Decoder, Writer), the same objects the
+These go through ``pyexec._frames`` (Decoder, Writer), the same objects the
 executor and the worker use, over real pipes where a pipe matters.
 """
 
@@ -12,8 +12,10 @@ import threading
 
 import pytest
 
-from pyexec import _channel as ch
-from pyexec._channel import ChannelError, Decoder, Writer, encode, ffi, lib
+from pyexec import _fds, _native
+from pyexec import _frames as ch
+from pyexec._frames import ChannelError, Decoder, Writer, encode
+from pyexec._native import ffi, lib
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -52,7 +54,7 @@ def take_all(dec: Decoder) -> list[tuple[int, int, int, bytes]]:
         meta, view = dec.take()
         if not meta:
             return out
-        assert len(meta) % 4 == 0 and len(meta) // 4 <= ch.BATCH
+        assert len(meta) % 4 == 0 and len(meta) // 4 <= ch.TAKE_MAX
         for i in range(0, len(meta), 4):
             kf, tid, off, n = meta[i : i + 4]
             out.append((kf & 0xFF, kf >> 8, tid, bytes(view[off : off + n])))
@@ -264,15 +266,15 @@ def test_failed_flag_says_an_error_follows_the_frames_taken():
 def test_read_frames_reads_then_takes():
     """read_frames: what read returns (-1 empty, bytes, 0 at end of file) and
     the frames take would return, from one call into the core."""
-    r, w = ch.make_pipe(True, False)
+    r, w = _fds.make_pipe(True, False)
     try:
         dec = Decoder()
         assert dec.read_frames(r) == (-1, (), None)
-        frames = [(ch.KIND_RESULT, i % 2, i, payload(50, i)) for i in range(ch.BATCH + 3)]
+        frames = [(ch.KIND_RESULT, i % 2, i, payload(50, i)) for i in range(ch.TAKE_MAX + 3)]
         data = stream(frames)
         os.write(w, data)
         n, meta, view = dec.read_frames(r)
-        assert n == len(data) and len(meta) == 4 * ch.BATCH and not dec.failed
+        assert n == len(data) and len(meta) == 4 * ch.TAKE_MAX and not dec.failed
         got = [
             (kf & 0xFF, kf >> 8, tid, bytes(view[off : off + size]))
             for kf, tid, off, size in zip(*[iter(meta)] * 4, strict=True)
@@ -299,7 +301,7 @@ def test_read_frames_raises_on_garbage_and_bad_fd():
         assert info.value.errno == errno.EISDIR and dec.error == ""
     finally:
         os.close(fd)
-    r, w = ch.make_pipe(True, False)
+    r, w = _fds.make_pipe(True, False)
     try:
         os.write(w, b"\xff" * ch.HEADER_SIZE)
         for _ in range(2):
@@ -357,7 +359,7 @@ def test_truncated_payload_then_eof(pipe):
 
 def test_read_pipe_eagain_and_eof():
     """A non-blocking read: -1 when empty, bytes when there, 0 at end of file."""
-    r, w = ch.make_pipe(True, False)
+    r, w = _fds.make_pipe(True, False)
     try:
         dec = Decoder()
         assert dec.read(r) == -1
@@ -431,12 +433,12 @@ def test_large_frames_through_pipe_interleaved():
 def test_decoder_shrinks_back_after_large_frame():
     """After a large frame the buffer returns to its small size: decoders that each
     passed a 8 MiB frame and are kept alive do not keep 8 MiB each."""
-    if ch.rss() < 0:
+    if _native.rss() < 0:
         pytest.skip("resident memory is not measurable on this platform")
     big = encode(ch.KIND_RESULT, 1, bytes(8 << 20))
     small = encode(ch.KIND_RESULT, 2, b"after")
     decoders = []
-    before = ch.rss()
+    before = _native.rss()
     for _ in range(16):
         dec = Decoder()
         dec.feed(big)
@@ -448,7 +450,7 @@ def test_decoder_shrinks_back_after_large_frame():
             dec.feed(small[i : i + 3])
         assert drain(dec) == [(ch.KIND_RESULT, 0, 2, b"after")]
         decoders.append(dec)
-    grown = ch.rss() - before
+    grown = _native.rss() - before
     # Kept at 8 MiB each, 16 decoders would hold 128 MiB.
     assert grown < 64 << 20, f"resident memory grew by {grown >> 20} MiB"
 
@@ -527,7 +529,7 @@ def test_writer_coalesces_small_frames(monkeypatch):
     """A burst of small frames leaves in one writev of one buffer."""
     spy = _CountingLib(lib)
     monkeypatch.setattr(ch, "lib", spy)
-    r, w = ch.make_pipe(False, True)
+    r, w = _fds.make_pipe(False, True)
     try:
         wr = Writer(w)
         frames = [(ch.KIND_CALL, 0, i, payload(i % 40, i)) for i in range(1000)]
@@ -575,7 +577,7 @@ def test_writer_sends_big_payload_from_its_own_buffer(monkeypatch):
 
 def test_writer_full_pipe_then_completes():
     """A full non-blocking pipe: flush returns False, then completes as the reader drains."""
-    r, w = ch.make_pipe(False, True)
+    r, w = _fds.make_pipe(False, True)
     try:
         wr = Writer(w)
         frames = [(ch.KIND_RESULT, 0, i, os.urandom(100_000 + i)) for i in range(40)]
@@ -612,7 +614,7 @@ def test_writer_full_pipe_then_completes():
 
 def test_writer_epipe_when_reader_closed():
     """Writing to a pipe whose reader is gone raises OSError(EPIPE)."""
-    r, w = ch.make_pipe(False, True)
+    r, w = _fds.make_pipe(False, True)
     os.close(r)
     try:
         wr = Writer(w)
@@ -658,7 +660,7 @@ def test_writer_send_to_a_full_pipe_keeps_the_rest():
     """send() into a full non-blocking pipe (or one with room for part of the
     frame): False, the rest queued, and flush completes it once the reader
     drains."""
-    r, w = ch.make_pipe(True, True)
+    r, w = _fds.make_pipe(True, True)
     try:
         filled = 0
         while True:
@@ -691,7 +693,7 @@ def test_writer_send_to_a_full_pipe_keeps_the_rest():
 
 def test_writev_buffer_count_bounds():
     """px_writev takes 1..PX_IOV_MAX buffers."""
-    r, w = ch.make_pipe(True, True)
+    r, w = _fds.make_pipe(True, True)
     try:
         iov = ffi.new("px_iov[]", ch.IOV_MAX + 1)
         data = ffi.new("char[]", b"x")
@@ -709,7 +711,7 @@ def test_writev_buffer_count_bounds():
 
 def test_writer_many_flushes_keep_order():
     """Frames pushed between partial flushes arrive in push order."""
-    r, w = ch.make_pipe(True, True)
+    r, w = _fds.make_pipe(True, True)
     try:
         wr = Writer(w)
         dec = Decoder()

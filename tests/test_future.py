@@ -388,12 +388,12 @@ def test_worker_marshals_plain_results_only():
     import marshal
     import pickle
 
-    from pyexec import _channel as ch
-    from pyexec._worker import _dumps_result
+    from pyexec import _frames as ch
+    from pyexec._worker import PLAIN, _dumps_result
 
     for value in _VALUES:
         payload, kind, flags = _dumps_result(value, pickle.dumps, pickle.HIGHEST_PROTOCOL)
-        plain = type(value) in ch.PLAIN
+        plain = type(value) in PLAIN
         assert kind == ch.KIND_RESULT and flags == (ch.FLAG_MARSHAL if plain else 0)
         back = marshal.loads(payload) if plain else pickle.loads(payload)
         assert _typed(back) == _typed(value)
@@ -403,7 +403,7 @@ def test_spin_backs_off_while_polls_come_up_empty(monkeypatch):
     """One empty poll changes nothing; from the second in a row, the next waits
     skip polling, 1, 2, 4, ... up to SPIN_SKIP_MAX; a poll that finds data
     starts afresh; with SPIN 0 no wait polls."""
-    from pyexec import _channel as ch
+    from pyexec import _frames as ch
 
     monkeypatch.setattr(ch, "SPIN", 20e-6)
     spin = ch.Spin()

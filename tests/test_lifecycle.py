@@ -33,8 +33,8 @@ from api_funcs import (
 )
 
 import pyexec
-from pyexec import _launch
-from pyexec._launch import PARENT_FORKS_FIRST
+from pyexec import _zygote
+from pyexec._zygote import PARENT_FORKS_FIRST
 
 SCRIPTS = Path(__file__).parent / "scripts"
 
@@ -293,7 +293,7 @@ def test_fork_first_worker_and_the_rest(monkeypatch, parent_first):
     its pidfd, else the zygote's; every later one is the zygote's. Both work."""
     if parent_first and not PARENT_FORKS_FIRST:
         pytest.skip("no pidfd here (macOS, or Linux before 5.3): the zygote forks every worker")
-    monkeypatch.setattr(_launch, "PARENT_FORKS_FIRST", parent_first)
+    monkeypatch.setattr(_zygote, "PARENT_FORKS_FIRST", parent_first)
     with pyexec.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork")) as ex:
         first_pid, first_parent, _ = ex.submit(start_probe).result(30)
         probes = {first_pid: first_parent}

@@ -224,55 +224,70 @@ def test_thread_switch_at_every_step_of_the_manager():
 
 def test_results_before_a_malformed_frame_are_kept():
     """A worker's stream holds a good result, then garbage: the good result is
-    handed out for settling (its future must not hang) before the error."""
+    handed out for settling (its future must not hang) before the error.
+    A real (unstarted) pool's manager decodes it for a real lane."""
     import pickle
-    from collections import deque
-    from types import SimpleNamespace
 
-    from pyexec import _channel as ch
-    from pyexec._executor import _Manager
+    from pyexec import _fds
+    from pyexec import _frames as fr
+    from pyexec._lanes import Lane
+    from pyexec._manager import Manager
+    from pyexec._tasks import Task
 
-    reader = ch.Decoder()
-    reader.feed(ch.encode(ch.KIND_RESULT, 7, pickle.dumps("seven")))
-    reader.feed(b"\xff" * ch.HEADER_SIZE)
-    first, second = SimpleNamespace(tid=7, payload=b"x"), SimpleNamespace(tid=8, payload=b"y")
-    w = SimpleNamespace(inflight=deque([first, second]), reader=reader, recycle=False, mark=0.0)
-    mgr = SimpleNamespace(completed=0, failed=0, service_time=0.0, window=1)
-    out: list = []
-    with pytest.raises(ch.ChannelError):
-        _Manager._decode(mgr, w, out, *reader.take())
-    assert out == [(first, "seven", None)]
-    assert mgr.completed == 1 and list(w.inflight) == [second]
+    ex = pyexec.ProcessPoolExecutor(1)
+    mgr = Manager(ex)
+    call_r, call_w = _fds.make_pipe(True, True)
+    res_r, res_w = _fds.make_pipe(True, True)
+    lane = Lane(0, call_w, res_r, -1, None)
+    try:
+        first, second = Task(7, None, b"x", None), Task(8, None, b"y", None)
+        lane.inflight.extend([first, second])
+        lane.reader.feed(fr.encode(fr.KIND_RESULT, 7, pickle.dumps("seven")))
+        lane.reader.feed(b"\xff" * fr.HEADER_SIZE)
+        out: list = []
+        with pytest.raises(fr.ChannelError):
+            mgr._decode(lane, out, *lane.reader.take())
+        assert out == [(first, "seven", None)]
+        assert first.payload is None  # dropped once its result is in
+        assert mgr.completed == 1 and list(lane.inflight) == [second]
+    finally:
+        for fd in (call_r, call_w, res_r, res_w):
+            _fds.close_fd(fd)
+        mgr.close_fds()
+        ex.shutdown()
 
 
 def test_window_estimate_ignores_a_dry_workers_slow_sample():
     """The service time (which sizes the window) rises only on samples from a
     worker still holding calls: one whose window ran dry may have idled, and
     its slow-looking sample would shrink the window and starve it more."""
-    import pickle
-    import time
-    from collections import deque
-    from types import SimpleNamespace
+    from pyexec._lanes import Window
 
-    from pyexec import _channel as ch
-    from pyexec._executor import _Manager
+    def observe(sample: float, busy: bool, st: float) -> float:
+        win = Window()
+        win.service_time = st
+        win.observe(sample, busy)
+        return win.service_time
 
-    def decode_one(held: int, seconds: float, st: float) -> float:
-        reader = ch.Decoder()
-        reader.feed(ch.encode(ch.KIND_RESULT, 1, pickle.dumps(None)))
-        tasks = [SimpleNamespace(tid=1 + i, payload=b"x") for i in range(held)]
-        w = SimpleNamespace(
-            inflight=deque(tasks),
-            reader=reader,
-            recycle=False,
-            mark=time.monotonic() - seconds,
-            exit_at=0.0,
-        )
-        mgr = SimpleNamespace(completed=0, failed=0, service_time=st, window=100)
-        _Manager._decode(mgr, w, [], *reader.take())
-        return mgr.service_time
+    assert observe(1.0, busy=False, st=1e-4) == 1e-4  # dry: a slow sample is ignored
+    assert observe(1.0, busy=True, st=1e-4) > 0.1  # still busy: it counts
+    assert observe(0.0, busy=False, st=1e-4) < 1e-4  # dry, faster: it counts
+    assert observe(1.0, busy=False, st=0.0) == 1.0  # the first sample always counts
 
-    assert decode_one(held=1, seconds=1.0, st=1e-4) == 1e-4  # dry: a slow sample is ignored
-    assert decode_one(held=2, seconds=1.0, st=1e-4) > 0.1  # still busy: it counts
-    assert decode_one(held=1, seconds=0.0, st=1e-4) < 1e-4  # dry, faster: it counts
-    assert decode_one(held=1, seconds=1.0, st=0.0) >= 1.0  # the first sample always counts
+
+def test_window_size_follows_the_service_time():
+    """WINDOW_SECONDS of work per worker, at least 2 calls for short calls
+    (one queued behind the one running), 1 for long ones, at most WINDOW_MAX."""
+    from pyexec._lanes import WINDOW_MAX, WINDOW_PAIR, WINDOW_SECONDS, Window
+
+    def size(st: float) -> int:
+        win = Window()
+        win.observe(st, True)  # the first sample sets the estimate
+        return win.size
+
+    assert Window().size == 1  # nothing known yet
+    assert size(1e-9) == WINDOW_MAX
+    assert size(WINDOW_SECONDS / 10) == 10
+    assert size(WINDOW_SECONDS) == 2  # one call of work: still one queued behind
+    assert size(WINDOW_PAIR / 2) == 2
+    assert size(WINDOW_PAIR * 2) == 1  # long calls: one per worker

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-# What _channel's messages tell the user to run.
+# What _native's messages tell the user to run.
 REBUILD = "pip install ."
 
 # Imports pyexec from the current directory and reports how that went. It runs
@@ -34,13 +34,13 @@ sys.path[:0] = ["."]
 sys.path += os.environ["PX_PROBE_SITE"].split(os.pathsep)
 try:
     import pyexec
-    from pyexec import _channel
+    from pyexec import _native
 except ImportError as exc:
     print("IMPORTERROR", exc)
     sys.exit(3)
 print("IMPORTED", os.path.normpath(pyexec.__file__))
 # Calls into the loaded core (no processes: this is about loading it).
-print("CORE", _channel.lib.px_core_abi() == _channel.CORE_ABI, _channel.rss() > 0)
+print("CORE", _native.lib.px_core_abi() == _native.CORE_ABI, _native.rss() > 0)
 """
 
 

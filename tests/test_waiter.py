@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from pyexec import _channel as ch
-from pyexec._channel import READABLE, WRITABLE, Waiter, ffi, lib
+from pyexec import _fds
+from pyexec._native import ffi, lib
+from pyexec._waiter import READABLE, WRITABLE, Waiter
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -45,7 +46,7 @@ class Pipes:
 
     def new(self) -> tuple[int, int]:
         """A new non-blocking pipe (read end, write end)."""
-        r, w = ch.make_pipe(True, True)
+        r, w = _fds.make_pipe(True, True)
         self.fds += [r, w]
         return r, w
 

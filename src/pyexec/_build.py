@@ -3,7 +3,7 @@
 The cdef is read from ``csrc/pyexec.h`` between its CDEF markers, never
 retyped; every ``#define`` value there is replaced by ``...`` so the compiler
 supplies it. The build stamp (package version and a hash of the C sources) is
-compiled in, and checked by ``pyexec._channel`` at import. Wheels leave
+compiled in, and checked by ``pyexec._native`` at import. Wheels leave
 this module out (it needs ``csrc/``, which only the sdist and a clone have).
 """
 

@@ -12,12 +12,18 @@ from concurrent.futures import CancelledError
 from concurrent.futures.process import BrokenProcessPool
 
 __all__ = [
+    "BROKEN_PREFIX",
     "BrokenProcessPool",
     "TaskTerminated",
     "TaskTimeout",
     "WorkerDied",
     "describe_exit",
 ]
+
+# How a broken pool's message begins, as the standard library's does.
+BROKEN_PREFIX = (
+    "A process in the process pool was terminated abruptly while the future was running or pending"
+)
 
 
 def describe_exit(exitcode: int | None) -> str:

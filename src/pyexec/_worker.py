@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from time import monotonic
 from typing import Any
 
-from . import _channel as ch
+from . import _frames as frames
+from ._native import lib, rss
 
 # A result is held back to leave in one write with the next ones only when its
 # call took less than TINY_CALL and another call is already here, and never
@@ -29,6 +30,14 @@ from . import _channel as ch
 # for the call queued right behind it in the same window.
 TINY_CALL = 0.00002
 FLUSH_DELAY = 0.0005
+# Results of exactly these types travel as marshal data (FLAG_MARSHAL): the
+# same value back, dumped and loaded in about half a pickle's instructions.
+# Any other value, a subclass or a container, is pickled. (Calls stay
+# pickles: with the type checks of their arguments, marshal saved nothing.)
+PLAIN = frozenset((int, float, str, bytes, bool, type(None)))
+# marshal's format 2: binary floats, no back-references. Plain values share
+# nothing, and without the references' table a dump takes half the time.
+MARSHAL_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -98,7 +107,7 @@ def _die_with_parent(deathsig: bool) -> None:
             pass
         server._forkserver_alive_fd = None
     if deathsig:
-        ch.lib.px_parent_death_signal(signal.SIGKILL, os.getppid())
+        lib.px_parent_death_signal(signal.SIGKILL, os.getppid())
 
 
 def main(call: InheritFd, result: InheritFd, config: WorkerConfig, deathsig: bool = True) -> None:
@@ -108,29 +117,28 @@ def main(call: InheritFd, result: InheritFd, config: WorkerConfig, deathsig: boo
         os.set_inheritable(fd, False)
         os.set_blocking(fd, True)
     _die_with_parent(deathsig)
-    out = ch.Writer(result_fd)
+    out = frames.Writer(result_fd)
     if config.initializer is not None:
         try:
             config.initializer(*config.initargs)
         except BaseException as exc:
             _base.LOGGER.critical("Exception in initializer:", exc_info=True)
             text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-            out.push(ch.KIND_FATAL, 0, pickle.dumps(f"its initializer raised {text}"))
+            out.push(frames.KIND_FATAL, 0, pickle.dumps(f"its initializer raised {text}"))
             out.flush()
             sys.exit(1)
-    out.push(ch.KIND_READY, 0)
+    out.push(frames.KIND_READY, 0)
     out.flush()
     _loop(call_fd, out, config.max_memory)
 
 
-def _loop(call_fd: int, out: ch.Writer, max_memory: int | None) -> None:
-    dec = ch.Decoder()
+def _loop(call_fd: int, out: frames.Writer, max_memory: int | None) -> None:
+    dec = frames.Decoder()
     loads, dumps, proto = pickle.loads, pickle.dumps, pickle.HIGHEST_PROTOCOL
     take, read_frames = dec.take, dec.read_frames
-    rss = ch.rss
-    # Out of calls, the worker reads on for ch.SPIN before it sleeps in poll
-    # (see ch.Spin); where there is no poll, it sleeps in read at once.
-    spin = ch.Spin() if hasattr(select, "poll") else None
+    # Out of calls, the worker reads on for frames.SPIN before it sleeps in poll
+    # (see frames.Spin); where there is no poll, it sleeps in read at once.
+    spin = frames.Spin() if hasattr(select, "poll") else None
     if spin is not None:
         os.set_blocking(call_fd, False)
         poller = select.poll()
@@ -138,7 +146,7 @@ def _loop(call_fd: int, out: ch.Writer, max_memory: int | None) -> None:
         sleep = poller.poll
     while True:
         spun = spin is not None and spin.first()
-        n, meta, view = read_frames(call_fd, ch.SPIN_NS if spun else 0)
+        n, meta, view = read_frames(call_fd, frames.SPIN_NS if spun else 0)
         if n < 0 and not meta and spin is not None:
             if spun:
                 spin.missed()
@@ -165,38 +173,63 @@ def _run_frames(meta, view, out, loads, dumps, proto, rss, max_memory) -> bool:
     the worker if the next call crashed, and the parent would then blame the
     wrong call. Only map batches flagged HOLD may hold results back.
     """
-    KIND_CALL, KIND_BATCH = ch.KIND_CALL, ch.KIND_BATCH
+    KIND_CALL, KIND_BATCH = frames.KIND_CALL, frames.KIND_BATCH
+    MASK, SHIFT = frames.KIND_MASK, frames.FLAG_SHIFT
     send = out.send
-    for word, tid, off, size in ch.Decoder.each(meta):
-        kind = word & 0xFF
+    for word, tid, off, size in frames.Decoder.each(meta):
+        kind = word & MASK
         if kind == KIND_CALL:
             buf = view[off : off + size]
-            if word >> 8 & ch.FLAG_STARTED:
-                send(ch.KIND_STARTED, tid)
+            if word >> SHIFT & frames.FLAG_STARTED:
+                send(frames.KIND_STARTED, tid)
             try:
                 fn, args, kwargs = _load_call(loads, buf, tid)
-                r = fn(*args, **kwargs)
-                del fn, args, kwargs
             except BaseException as exc:
-                payload, rkind, flags = _dumps_exception(exc), ch.KIND_ERROR, 0
+                fn, args, kwargs = _reraise, exc, None  # the call fails with it
                 del exc
-            else:
-                payload, rkind, flags = _dumps_result(r, dumps, proto)
-                del r
-            if max_memory is not None and rss() > max_memory:
-                flags |= ch.FLAG_RECYCLE
+            payload, rkind, flags = _run(fn, args, kwargs, dumps, proto, rss, max_memory)
+            del fn, args, kwargs
             send(rkind, tid, payload, flags)
             del payload
         elif kind == KIND_BATCH:
             buf = view[off : off + size]
-            _run_batch(loads(buf), word >> 8, out.push, out.flush, dumps, proto, rss, max_memory)
+            _run_batch(
+                loads(buf), word >> SHIFT, out.push, out.flush, dumps, proto, rss, max_memory
+            )
             del buf
-        elif kind == ch.KIND_EXIT:
-            send(ch.KIND_EXIT_ACK, tid)
+        elif kind == frames.KIND_EXIT:
+            send(frames.KIND_EXIT_ACK, tid)
             return True
         else:
-            raise ch.ChannelError(0, f"unexpected frame kind {kind} from the parent")
+            raise frames.ChannelError(0, f"unexpected frame kind {kind} from the parent")
     return False
+
+
+def _run(fn, args, kwargs, dumps, proto, rss, max_memory) -> tuple[bytes, int, int]:
+    """The one body every call runs, a submitted call or a map item: call
+    fn(*args, **kwargs) (kwargs None: fn(args), a map item's single argument),
+    then dump its result or its exception: (payload, result kind, flags),
+    flagged RECYCLE when this worker is over max_memory."""
+    try:
+        r = fn(args) if kwargs is None else fn(*args, **kwargs)
+    except BaseException as exc:
+        payload, rkind, flags = _dumps_exception(exc), frames.KIND_ERROR, 0
+        del exc
+    else:
+        payload, rkind, flags = _dumps_result(r, dumps, proto)
+        del r
+    if max_memory is not None and rss() > max_memory:
+        flags |= frames.FLAG_RECYCLE
+    return payload, rkind, flags
+
+
+def _reraise(exc: BaseException) -> None:
+    """Stands in for a call whose function or arguments could not be loaded."""
+    raise exc
+
+
+# A map item's keyword arguments (none; shared: ** unpacking copies it).
+_NO_KWARGS: dict = {}
 
 
 def _load_args(loads, data, tid: int):
@@ -210,7 +243,7 @@ def _load_args(loads, data, tid: int):
         ) from exc
 
 
-# Functions sent by name (see _executor._dump_call): their pickle -> (module,
+# Functions sent by name (see _tasks.dump_call): their pickle -> (module,
 # name), looked up again per call as unpickling would, minus the import and
 # the pickle machinery.
 _fn_by_ref: dict[bytes, tuple[Any, str]] = {}
@@ -218,7 +251,7 @@ _FN_REFS_MAX = 256
 
 
 def _load_call(loads, data, tid: int) -> tuple:
-    """(fn, args, kwargs) of one CALL frame (see _executor._dump_call)."""
+    """(fn, args, kwargs) of one CALL frame (see _tasks.dump_call)."""
     call = _load_args(loads, data, tid)
     ref = call[0]
     if ref.__class__ is not bytes:
@@ -237,13 +270,13 @@ def _load_call(loads, data, tid: int) -> tuple:
 
 def _dumps_result(r, dumps, proto) -> tuple[bytes, int, int]:
     """(payload, RESULT, frame flags): marshal data for a plain value
-    (ch.PLAIN), else a pickle; or the pickling error as (pickle, ERROR, 0)."""
-    if r.__class__ in ch.PLAIN:
-        return marshal.dumps(r, ch.MARSHAL_VERSION), ch.KIND_RESULT, ch.FLAG_MARSHAL
+    (PLAIN), else a pickle; or the pickling error as (pickle, ERROR, 0)."""
+    if r.__class__ in PLAIN:
+        return marshal.dumps(r, MARSHAL_VERSION), frames.KIND_RESULT, frames.FLAG_MARSHAL
     try:
-        return dumps(r, proto), ch.KIND_RESULT, 0
+        return dumps(r, proto), frames.KIND_RESULT, 0
     except BaseException as exc:
-        return _dumps_exception(exc), ch.KIND_ERROR, 0
+        return _dumps_exception(exc), frames.KIND_ERROR, 0
 
 
 def _run_batch(call, flags, push, flush, dumps, proto, rss, max_memory) -> None:
@@ -255,8 +288,8 @@ def _run_batch(call, flags, push, flush, dumps, proto, rss, max_memory) -> None:
     """
     tids, fn_pickle, arg_pickles, star = call
     loads = pickle.loads
-    hold = flags & ch.FLAG_HOLD
-    report = flags & ch.FLAG_STARTED
+    hold = flags & frames.FLAG_HOLD
+    report = flags & frames.FLAG_STARTED
     try:
         fn = _load_args(loads, fn_pickle, tids[0])
         fn_error = None
@@ -264,26 +297,23 @@ def _run_batch(call, flags, push, flush, dumps, proto, rss, max_memory) -> None:
         fn, fn_error = None, exc
     held_since = 0.0
     last = len(tids) - 1
+    kwargs = _NO_KWARGS if star else None
     for j, tid in enumerate(tids):
         if report:
-            push(ch.KIND_STARTED, tid)
+            push(frames.KIND_STARTED, tid)
             flush()
         start = monotonic()
-        try:
-            if fn_error is not None:
-                raise fn_error
-            args = _load_args(loads, arg_pickles[j], tid)
-            r = fn(*args) if star else fn(args)
-            del args
-        except BaseException as exc:
-            payload, rkind, rflags = _dumps_exception(exc), ch.KIND_ERROR, 0
-            del exc
+        if fn_error is not None:
+            f, args, kw = _reraise, fn_error, None
         else:
-            payload, rkind, rflags = _dumps_result(r, dumps, proto)
-            del r
+            try:
+                f, args, kw = fn, _load_args(loads, arg_pickles[j], tid), kwargs
+            except BaseException as exc:
+                f, args, kw = _reraise, exc, None
+                del exc
+        payload, rkind, rflags = _run(f, args, kw, dumps, proto, rss, max_memory)
+        del f, args
         arg_pickles[j] = None
-        if max_memory is not None and rss() > max_memory:
-            rflags |= ch.FLAG_RECYCLE
         push(rkind, tid, payload, rflags)
         del payload
         if hold and j < last:

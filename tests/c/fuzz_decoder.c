@@ -229,21 +229,21 @@ static void fz_drain(fz_run *r) {
         } else {
             uint64_t meta[4 * FZ_MANY_MAX];
             const char *base = NULL;
-            int64_t status[4] = {1, 1, 0, 0};
+            px_read_status status = {1, 1, 0, 0};
             int via_read_many = r->takes++ & 1;
             if (via_read_many) {
-                n = px_decoder_read_many(r->d, -1, meta, r->many, &base, status, 0);
-                /* No read asked; status[1] is the sticky error after the take:
+                n = px_decoder_read_many(r->d, -1, meta, r->many, &base, &status, 0);
+                /* No read asked; status.error is the sticky error after the take:
                  * the call's own when it failed, else the reference's once
                  * every good frame is out and its bad header was fed. */
-                FZ_CHECK(status[0] == -EAGAIN);
-                if (n < 0) FZ_CHECK(status[1] == n);
-                else if (status[1] != 0)
-                    FZ_CHECK(status[1] == r->ref->err && r->got + n == r->ref->n &&
+                FZ_CHECK(status.read == -EAGAIN);
+                if (n < 0) FZ_CHECK(status.error == n);
+                else if (status.error != 0)
+                    FZ_CHECK(status.error == r->ref->err && r->got + n == r->ref->n &&
                              r->fed >= r->ref->err_at);
                 /* The buffer as it is now: a view of it may be kept by that. */
-                FZ_CHECK(status[2] == (int64_t)(intptr_t)r->d->buf &&
-                         status[3] == (int64_t)r->d->cap);
+                FZ_CHECK(status.buf == (int64_t)(intptr_t)r->d->buf &&
+                         status.cap == (int64_t)r->d->cap);
             } else {
                 n = px_decoder_next_many(r->d, meta, r->many, &base);
             }

@@ -840,10 +840,10 @@ static void test_decoder_read_many_spins(void) {
     px_decoder *d = t_decoder(1000);
     uint64_t meta[4 * 4];
     const char *base = NULL;
-    int64_t status[4];
+    px_read_status status;
     int64_t t0 = t_now_ns();
-    CHECK_EQ(px_decoder_read_many(d, p[0], meta, 4, &base, status, 3000000), 0);
-    CHECK_EQ(status[0], -EAGAIN);
+    CHECK_EQ(px_decoder_read_many(d, p[0], meta, 4, &base, &status, 3000000), 0);
+    CHECK_EQ(status.read, -EAGAIN);
     CHECK(t_now_ns() - t0 >= 3000000); /* it did spin its 3 ms */
     /* A frame written 20 ms into a 30 s spin: taken as it comes. */
     t_stream st = {0};
@@ -852,23 +852,23 @@ static void test_decoder_read_many_spins(void) {
     pthread_t th;
     CHECK_EQ(pthread_create(&th, NULL, t_writer_main, &a), 0);
     t0 = t_now_ns();
-    int n = px_decoder_read_many(d, p[0], meta, 4, &base, status, 30000000000LL);
+    int n = px_decoder_read_many(d, p[0], meta, 4, &base, &status, 30000000000LL);
     int64_t took = t_now_ns() - t0;
     pthread_join(th, NULL);
     CHECK_EQ(a.rc, 0);
     CHECK_EQ(n, 1);
-    CHECK_EQ(status[0], (int64_t)st.s.n);
+    CHECK_EQ(status.read, (int64_t)st.s.n);
     CHECK(meta[1] == 7 && meta[3] == 10);
     CHECK(took < 10000000000LL);
     /* Writer closed: end of file ends the spin. */
-    CHECK_EQ(px_decoder_read_many(d, p[0], meta, 4, &base, status, 30000000000LL), 0);
-    CHECK_EQ(status[0], 0);
+    CHECK_EQ(px_decoder_read_many(d, p[0], meta, 4, &base, &status, 30000000000LL), 0);
+    CHECK_EQ(status.read, 0);
     close(p[0]);
     /* A complete frame already held: returned, no read needed, no spin. */
     CHECK_EQ(px_pipe(p, 1, 0), 0);
     CHECK_EQ(px_decoder_feed(d, st.s.p, st.s.n), 0);
     t0 = t_now_ns();
-    CHECK_EQ(px_decoder_read_many(d, p[0], meta, 4, &base, status, 30000000000LL), 1);
+    CHECK_EQ(px_decoder_read_many(d, p[0], meta, 4, &base, &status, 30000000000LL), 1);
     CHECK(t_now_ns() - t0 < 10000000000LL);
     close(p[0]);
     close(p[1]);

@@ -1,13 +1,11 @@
-"""The Python face of the C core: frame channels over pipes, and the waiter.
+"""Frames over pipes: the frame words, the decoder, the writer, the reader's spin.
 
-This is the one module that imports the compiled core (``pyexec._core``). It
-checks the core's build stamp first, so a stale or foreign build fails with an
-``ImportError`` that says how to rebuild, instead of misbehaving later.
-
-It also keeps the registry of every fd the parent side of a pool holds. A fork
-copies every fd; a child that kept a copy of a worker's call pipe would stop
-that worker from ever seeing end of file. So every forked child closes all of
-them at once (``os.register_at_fork``), whoever forked it.
+A frame is a 24-byte header (magic, kind, flags, id, payload length; see
+csrc/pyexec.h) and a payload. ``Decoder`` takes bytes (from an fd or fed)
+and gives frames out in batches; ``Writer`` queues frames for one fd and
+writes them without blocking. Each Decoder and Writer belongs to one
+reader or writer at a time: the manager thread, or a caller's thread in a
+hand-off that holds the manager's dispatch_lock (see _handoff).
 """
 
 from __future__ import annotations
@@ -17,52 +15,8 @@ import os
 import struct
 from collections import deque
 from collections.abc import Iterable
-from pathlib import Path
 
-from ._version import __version__
-
-_REBUILD = (
-    "Rebuild it: `pip install .` (or `pip install -e .`) from a clone, "
-    "or reinstall the pyexec wheel for this Python."
-)
-
-try:
-    from ._core import ffi, lib
-except ImportError as exc:  # pragma: no cover - exercised by a test in a subprocess
-    raise ImportError(
-        f"pyexec's compiled core (pyexec._core) is missing or cannot be loaded: {exc}. " + _REBUILD
-    ) from exc
-
-# The ABI this Python code was written against (PX_CORE_ABI in csrc/pyexec.h).
-CORE_ABI = 4
-
-
-def _check_stamp() -> None:
-    """Refuse a core compiled from other sources than this package's."""
-    abi = lib.px_core_abi()
-    stamp = ffi.string(lib.px_build_stamp()).decode()
-    version, _, source_hash = stamp.partition(" ")
-    if abi != CORE_ABI or version != __version__:
-        raise ImportError(
-            f"pyexec's compiled core is from another build (core {stamp!r}, ABI {abi}; "
-            f"this package is {__version__}, ABI {CORE_ABI}). " + _REBUILD
-        )
-    csrc = Path(__file__).resolve().parent.parent.parent / "csrc"
-    here = Path(__file__).resolve().parent
-    if (csrc / "pyexec.h").is_file() and (here / "_build.py").is_file():
-        # A source checkout: the core must match the C sources beside it.
-        from . import _build
-
-        current = _build.source_hash(csrc)
-        if current != source_hash:
-            raise ImportError(
-                f"pyexec's compiled core is stale: built from C sources {source_hash}, "
-                f"but {csrc} now hashes to {current}. " + _REBUILD
-            )
-
-
-if os.environ.get("PYEXEC_SKIP_STAMP_CHECK") != "1":
-    _check_stamp()
+from ._native import check, ffi, lib
 
 HEADER = struct.Struct("<BBHIQQ")
 HEADER_SIZE = lib.PX_HEADER_SIZE
@@ -81,10 +35,11 @@ FLAG_RECYCLE = lib.PX_FLAG_RECYCLE
 FLAG_HOLD = lib.PX_FLAG_HOLD
 FLAG_STARTED = lib.PX_FLAG_STARTED
 FLAG_MARSHAL = lib.PX_FLAG_MARSHAL
-READABLE = lib.PX_READABLE
-WRITABLE = lib.PX_WRITABLE
 IOV_MAX = lib.PX_IOV_MAX
 READ_CHUNK = lib.PX_READ_CHUNK
+# A frame's first word, as the decoder gives it: kind | flags << FLAG_SHIFT.
+KIND_MASK = 0xFF
+FLAG_SHIFT = 8
 
 # Frames whose payload is at least this long are written from the pickle's own
 # buffer; smaller ones are copied into one coalesced buffer, so a burst of
@@ -93,16 +48,6 @@ BIG_PAYLOAD = 64 * 1024
 # The decoder's payload limit: far above any sensible pickle, small enough
 # that a garbage length cannot make it allocate the machine.
 MAX_PAYLOAD = 1 << 36
-# Pipe buffer requested on Linux (best effort): fewer wakeups for big payloads.
-PIPE_SIZE = 1 << 20
-# Results of exactly these types travel as marshal data (FLAG_MARSHAL): the
-# same value back, dumped and loaded in about half a pickle's instructions.
-# Any other value, a subclass or a container, is pickled. (Calls stay
-# pickles: with the type checks of their arguments, marshal saved nothing.)
-PLAIN = frozenset((int, float, str, bytes, bool, type(None)))
-# marshal's format 2: binary floats, no back-references. Plain values share
-# nothing, and without the references' table a dump takes half the time.
-MARSHAL_VERSION = 2
 
 
 def _spin_from_env() -> float:
@@ -174,83 +119,24 @@ class ChannelError(OSError):
     """A channel's byte stream is malformed or its fd failed."""
 
 
-def check(rc: int) -> int:
-    """Turn a -errno return of the core into OSError."""
-    if rc < 0:
-        raise OSError(-rc, os.strerror(-rc))
-    return rc
-
-
-# ---- fds a forked child must not keep -------------------------------------
-
-_parent_fds: set[int] = set()
-# Bumped in every forked child: objects made before the fork see it changed.
-fork_generation = 0
-
-
-def own_fd(fd: int) -> int:
-    """Record fd as held by a pool's parent side: every forked child closes it."""
-    _parent_fds.add(fd)
-    return fd
-
-
-def disown_fd(fd: int) -> None:
-    """Forget fd without closing it (its owner closes it)."""
-    _parent_fds.discard(fd)
-
-
-def close_fd(fd: int) -> None:
-    """Close an fd recorded with own_fd (or any fd), forgetting it."""
-    _parent_fds.discard(fd)
-    try:
-        os.close(fd)
-    except OSError:
-        pass
-
-
-def _after_fork_in_child() -> None:
-    global fork_generation
-    fork_generation += 1
-    for fd in list(_parent_fds):
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-    _parent_fds.clear()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def make_pipe(nonblock_read: bool, nonblock_write: bool) -> tuple[int, int]:
-    """A CLOEXEC pipe, with the asked ends non-blocking and a large buffer on Linux."""
-    fds = ffi.new("int[2]")
-    check(lib.px_pipe(fds, (1 if nonblock_read else 0) | (2 if nonblock_write else 0), PIPE_SIZE))
-    return fds[0], fds[1]
-
-
-def rss() -> int:
-    """This process's resident memory in bytes (-1 where unknown)."""
-    n = lib.px_rss()
-    return n if n >= 0 else -1
-
-
 def encode(kind: int, tid: int, payload: bytes = b"", flags: int = 0) -> bytes:
     """One whole frame as bytes (for small frames and tests)."""
     return HEADER.pack(MAGIC, kind, flags, 0, tid, len(payload)) + payload
 
 
-# ---- the decoder ----------------------------------------------------------
-
-
 # Frames taken per px_decoder_next_many call.
-BATCH = 256
+TAKE_MAX = 256
 
-# What px_decoder_read_many leaves in its status and meta arrays, read with
-# one struct call each: unpacking the meta of n frames this way costs a third
-# of ffi.unpack, the first cost of every result a reader takes.
-_STATUS = struct.Struct("=4q").unpack_from
-_META = [struct.Struct(f"={4 * n}Q").unpack_from for n in range(BATCH + 1)]
+# What px_decoder_read_many leaves in its px_read_status and meta array, read
+# with one struct call each: unpacking the meta of n frames this way costs a
+# third of ffi.unpack, the first cost of every result a reader takes. The
+# status's fields, in order: read, error, buf, cap (checked here, once).
+_STATUS_FIELDS = ("read", "error", "buf", "cap")
+_STATUS_STRUCT = struct.Struct("=4q")
+assert ffi.sizeof("px_read_status") == _STATUS_STRUCT.size
+assert [ffi.offsetof("px_read_status", f) for f in _STATUS_FIELDS] == [0, 8, 16, 24]
+_STATUS = _STATUS_STRUCT.unpack_from
+_META = [struct.Struct(f"={4 * n}Q").unpack_from for n in range(TAKE_MAX + 1)]
 
 
 class Decoder:
@@ -272,10 +158,10 @@ class Decoder:
         out = ffi.new("px_decoder **")
         check(lib.px_decoder_new(out, max_payload))
         self._d = ffi.gc(out[0], lib.px_decoder_free)
-        self._meta = ffi.new("uint64_t[]", 4 * BATCH)
+        self._meta = ffi.new("uint64_t[]", 4 * TAKE_MAX)
         self._meta_buf = ffi.buffer(self._meta)
         self._base = ffi.new("char **")
-        self._status = ffi.new("int64_t[4]")
+        self._status = ffi.new("px_read_status *")
         self._status_buf = ffi.buffer(self._status)
         # A view of the core's whole buffer, kept while the buffer stays where
         # it is: (its address, its capacity) and the view.
@@ -313,15 +199,14 @@ class Decoder:
         """read, then take, in one call into the core: (what read returns,
         then take's two values). Until ``drained`` says so, take before
         reading again. With spin_ns, an empty non-blocking fd is read again
-        for up to that many nanoseconds, in the core (see ch.Spin)."""
+        for up to that many nanoseconds, in the core (see Spin)."""
         while True:
             n = lib.px_decoder_read_many(
-                self._d, fd, self._meta, BATCH, self._base, self._status, spin_ns
+                self._d, fd, self._meta, TAKE_MAX, self._base, self._status, spin_ns
             )
-            status = _STATUS(self._status_buf)
-            rc = status[0]
+            rc, error, buf, cap = _STATUS(self._status_buf)
             if rc != -errno.EINTR or n:  # else: signal handlers have run, read again
-                return (self._read_result(rc), *self._frames(n, status))
+                return (self._read_result(rc), *self._frames(n, error, buf, cap))
 
     @staticmethod
     def each(meta: tuple[int, ...]) -> Iterable[tuple[int, ...]]:
@@ -335,29 +220,32 @@ class Decoder:
 
     def drained(self, meta: tuple[int, ...]) -> bool:
         """True when the frames just taken (meta) were the last complete ones:
-        fewer than BATCH, and no malformed frame behind them."""
-        return len(meta) < 4 * BATCH and not self.failed
+        fewer than TAKE_MAX, and no malformed frame behind them."""
+        return len(meta) < 4 * TAKE_MAX and not self.failed
 
     def take(self) -> tuple[tuple[int, ...], memoryview | None]:
-        """Up to BATCH complete frames: a flat tuple (kind | flags << 8, id,
+        """Up to TAKE_MAX complete frames: a flat tuple (kind | flags << 8, id,
         offset, length per frame) and a view of the buffer the offsets point
         into. The view is valid until the next read or feed: slice it, use the
         slices, drop them. ((), None) when no frame is complete.
         """
-        n = lib.px_decoder_read_many(self._d, -1, self._meta, BATCH, self._base, self._status, 0)
-        return self._frames(n, _STATUS(self._status_buf))
+        n = lib.px_decoder_read_many(self._d, -1, self._meta, TAKE_MAX, self._base, self._status, 0)
+        _rc, error, buf, cap = _STATUS(self._status_buf)
+        return self._frames(n, error, buf, cap)
 
-    def _frames(self, n: int, status: tuple) -> tuple[tuple[int, ...], memoryview | None]:
+    def _frames(
+        self, n: int, error: int, buf: int, cap: int
+    ) -> tuple[tuple[int, ...], memoryview | None]:
         """What take returns, for n frames left in _meta by the core (or its
-        error); status is the core's status array, unpacked."""
-        self.failed = status[1] != 0
+        error); error, buf, cap: the core's px_read_status fields."""
+        self.failed = error != 0
         if n <= 0:
             self._raise_for(n)
             return (), None
-        buf = status[2], status[3]
-        if buf != self._buf:  # the buffer moved or grew: a view of it anew
-            self._view = memoryview(ffi.buffer(self._base[0], buf[1]))
-            self._buf = buf
+        where = buf, cap
+        if where != self._buf:  # the buffer moved or grew: a view of it anew
+            self._view = memoryview(ffi.buffer(self._base[0], cap))
+            self._buf = where
         return _META[n](self._meta_buf), self._view
 
     def frames(self) -> list[tuple[int, int, int, bytes]]:
@@ -379,8 +267,8 @@ class Decoder:
                 off = meta[i + 2]
                 out.append(
                     (
-                        meta[i] & 0xFF,
-                        meta[i] >> 8,
+                        meta[i] & KIND_MASK,
+                        meta[i] >> FLAG_SHIFT,
                         meta[i + 1],
                         bytes(view[off : off + meta[i + 3]]),
                     )
@@ -490,78 +378,3 @@ class Writer:
             if total:
                 return False
         return True
-
-
-# ---- the waiter -----------------------------------------------------------
-
-
-def _backend_from_env() -> int:
-    name = os.environ.get("PYEXEC_WAITER", "").strip().lower()
-    if name in ("", "default"):
-        return lib.PX_BACKEND_DEFAULT
-    if name == "epoll":
-        return lib.PX_BACKEND_EPOLL
-    if name == "poll":
-        return lib.PX_BACKEND_POLL
-    raise ValueError(f"PYEXEC_WAITER must be 'epoll', 'poll' or unset, not {name!r}")
-
-
-class Waiter:
-    """Waits on many fds at once in C, the GIL released; tokens are the fds."""
-
-    __slots__ = ("_cap", "_count", "_events", "_w")
-
-    def __init__(self, backend: int | None = None) -> None:
-        out = ffi.new("px_waiter **")
-        check(lib.px_waiter_new(out, _backend_from_env() if backend is None else backend))
-        self._w = ffi.gc(out[0], lib.px_waiter_free)
-        self._cap = 64
-        self._events = ffi.new("px_event[]", self._cap)
-        self._count = 0
-
-    @property
-    def backend(self) -> str:
-        """'epoll' or 'poll'."""
-        return "epoll" if lib.px_waiter_backend(self._w) == lib.PX_BACKEND_EPOLL else "poll"
-
-    @property
-    def fd(self) -> int:
-        """The epoll fd (readable while a watched fd is ready); -1 on poll."""
-        return max(-1, lib.px_waiter_fd(self._w))
-
-    def add(self, fd: int, events: int) -> None:
-        """Watch fd for READABLE and/or WRITABLE."""
-        check(lib.px_waiter_add(self._w, fd, events, fd))
-        self._count += 1
-        if self._count > self._cap:
-            self._cap *= 2
-            self._events = ffi.new("px_event[]", self._cap)
-
-    def modify(self, fd: int, events: int) -> None:
-        """Change what fd is watched for."""
-        check(lib.px_waiter_mod(self._w, fd, events, fd))
-
-    def remove(self, fd: int) -> None:
-        """Stop watching fd (before closing it)."""
-        if lib.px_waiter_del(self._w, fd) == 0:
-            self._count -= 1
-
-    def wait(self, timeout: float | None) -> list[tuple[int, int]]:
-        """(fd, events) for every ready fd; [] when timeout (seconds) passed."""
-        ns = -1 if timeout is None else max(0, int(timeout * 1e9))
-        ev = self._events
-        n = check(lib.px_waiter_wait(self._w, ev, self._cap, ns))
-        return [(ev[i].token, ev[i].events) for i in range(n)]
-
-
-__all__ = [
-    "HEADER",
-    "HEADER_SIZE",
-    "ChannelError",
-    "Decoder",
-    "Waiter",
-    "Writer",
-    "encode",
-    "ffi",
-    "lib",
-]

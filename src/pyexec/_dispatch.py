@@ -1,0 +1,243 @@
+"""Dispatch: pending calls to the workers, and the workers themselves.
+
+The manager's side that sends: start workers as the backlog asks, hand
+pending calls to workers with room (many frames per write; map items as one
+BATCH frame per run), ask workers to exit, flush call pipes that were full.
+A mixin of Manager: these methods run in the manager thread only, with
+dispatch_lock held. They write ``pending`` (pop), the lanes' ``inflight``,
+``quota``, ``mark`` and ``state`` (to EXITING), ``starting``,
+``started_workers``, ``replaced``, ``failed`` (a map item that cannot be
+pickled) and the set of call fds watched while full (``_writers``).
+"""
+
+from __future__ import annotations
+
+import pickle
+import signal
+import time
+
+from . import _frames as frames
+from ._errors import BROKEN_PREFIX
+from ._future import start_fast
+from ._lanes import WINDOW_PAIR, Lane, State
+from ._launch import LauncherGone
+from ._tasks import MapJob, Task
+from ._waiter import READABLE, WRITABLE
+
+UP, EXITING = State.UP, State.EXITING
+
+
+class Dispatch:
+    """Manager methods that send work (see the module's docstring)."""
+
+    def _adjust_workers(self) -> None:
+        """Start workers while there is more work than live workers can take."""
+        alive = sum(1 for w in self.workers if w.state is UP) + self.starting
+        inflight = sum(len(w.inflight) for w in self.workers)
+        want = max(self.keep, min(self.max_workers, self._backlog(self.max_workers) + inflight))
+        if self.stop and not self.pending:
+            want = 0
+        while alive < want:
+            if self.started_workers >= self.max_workers:
+                self.replaced += 1
+            self.started_workers += 1
+            try:
+                w = self.launcher.start()
+            except LauncherGone as exc:
+                self._break(f"{BROKEN_PREFIX}: {exc.strerror}", cause=exc.__cause__)
+                return
+            if w is None:
+                self.starting += 1  # on its way: see take_ready
+            else:
+                self._add_worker(w)
+            alive += 1
+
+    def _add_worker(self, w: Lane) -> None:
+        w.quota = self.max_tasks
+        self.workers.append(w)
+        self.by_fd[w.result_fd] = w
+        self.by_fd[w.sentinel] = w
+        self.by_fd[w.call_fd] = w
+        self.waiter.add(w.result_fd, READABLE)
+        self.waiter.add(w.sentinel, READABLE)
+        if self.broken is not None:
+            self._signal(w, signal.SIGKILL)
+
+    def _signal(self, w: Lane, sig: int) -> None:
+        self.launcher.kill(w, sig)
+
+    def _backlog(self, limit: int) -> int:
+        """Calls waiting in pending, counted up to limit (map items included)."""
+        pending = self.pending
+        n = len(pending)
+        if n >= limit:
+            return limit  # an entry is at least one call (an emptied map job is rare)
+        # By index, not by iterator: submit appends from other threads, which an
+        # iterator reports as an error (and a lock here would stall submit).
+        # Only this thread pops, but for shutdown's cancel: an entry gone
+        # meanwhile ends the count early, which this estimate tolerates.
+        count = 0
+        try:
+            for i in range(n):
+                entry = pending[i]
+                count += len(entry.items) if entry.__class__ is MapJob else 1
+                if count >= limit:
+                    return limit
+        except IndexError:
+            pass
+        return count
+
+    def _room(self, w: Lane, now: float) -> int:
+        """How many more calls w may hold. None when it is over its memory limit
+        (it drains its window and exits), and none behind a head call that has
+        run longer than WINDOW_PAIR: the window was sized for short calls, and
+        this one may be long (a worker on its way, or one that frees up, takes
+        them)."""
+        inflight = w.inflight
+        if w.recycle or (inflight and now - w.mark > WINDOW_PAIR):
+            return 0
+        return self.window.size - len(inflight)
+
+    def _has_room(self) -> bool:
+        now = time.monotonic()
+        return any(w.state is UP and self._room(w, now) > 0 for w in self.workers)
+
+    def _dispatch(self) -> None:
+        """Hand pending calls to workers with room, many frames per write."""
+        pending = self.pending
+        stopping = self.stop
+        now = time.monotonic()
+        # Least loaded first: an idle worker takes the next call before a busy
+        # one queues it behind a call that may be long.
+        workers = self.workers
+        share = 0
+        if pending:
+            if len(workers) > 1:
+                workers = sorted(workers, key=lambda w: len(w.inflight))
+            # Spread a short burst evenly over the workers.
+            ups = sum(1 for x in workers if x.state is UP) or 1
+            share = -(-self._backlog(self.window.size * ups) // ups)
+        for w in workers:
+            if w.state is not UP:
+                continue
+            inflight = w.inflight
+            room = self._room(w, now)
+            if pending and room > 0:
+                room = min(room, share)
+                if w.quota is not None:
+                    room = min(room, w.quota)
+                idle = not inflight
+                push = w.writer.push
+                KIND_CALL = frames.KIND_CALL
+                sent = 0
+                while sent < room:
+                    try:
+                        task = pending.popleft()
+                    except IndexError:
+                        break
+                    if task.__class__ is MapJob:
+                        sent += self._push_batch(w, task, room - sent)
+                    elif task.job is None:
+                        # A run of submitted calls, marked running together.
+                        run = [task]
+                        while (
+                            len(run) < room - sent
+                            and pending
+                            and pending[0].__class__ is Task
+                            and pending[0].job is None
+                        ):
+                            run.append(pending.popleft())
+                        for task in start_fast(run):  # cancelled ones are left out
+                            report = frames.FLAG_STARTED if task.timeout is not None else 0
+                            push(KIND_CALL, task.tid, task.payload, report)
+                            inflight.append(task)
+                            sent += 1
+                    elif task.start():  # a map item sent again after a restart
+                        sent += self._push_batch(w, task.job, room - sent, [task])
+                if sent:
+                    if idle:
+                        w.mark = now
+                    if w.quota is not None:
+                        w.quota -= sent
+                    self._flush(w)
+            if w.state is UP and (
+                w.quota == 0 or w.recycle or (stopping and not pending and not inflight)
+            ):
+                self._ask_exit(w, now)
+
+    def _push_batch(self, w: Lane, job: MapJob, room: int, batch: list | None = None) -> int:
+        """Send up to room items of a map in one BATCH frame (job was popped from pending).
+
+        batch: items already taken (requeued ones); the rest come from the job.
+        """
+        pending = self.pending
+        batch = batch or []
+        if batch:  # requeued items of this map come first, in order
+            while len(batch) < room and pending and getattr(pending[0], "job", None) is job:
+                batch.append(pending.popleft())
+        else:
+            with self.lock:
+                if job.cancelled:
+                    job.items.clear()
+                else:
+                    batch = job.take(room, self.ids)
+                if job.items:
+                    pending.appendleft(job)  # the rest goes first next time
+                else:
+                    job.queued = False
+        if not batch:
+            return 0
+        for task in batch:
+            task.started = True
+        # Each item's arguments are pickled on their own, so one that cannot
+        # be pickled here, or unpickled in the worker, fails alone.
+        dumps, proto = pickle.dumps, pickle.HIGHEST_PROTOCOL
+        try:
+            fn_pickle = dumps(job.fn, proto)
+        except BaseException as exc:
+            for task in batch:
+                self.failed += 1
+                task.settle(exc=exc)
+            return 0
+        good, pickles = [], []
+        for task in batch:
+            try:
+                pickles.append(dumps(task.args, proto))
+            except BaseException as exc:
+                self.failed += 1
+                task.settle(exc=exc)
+            else:
+                good.append(task)
+        if not good:
+            return 0
+        batch = good
+        payload = dumps(([t.tid for t in batch], fn_pickle, pickles, job.star), proto)
+        # Held-back results die with a worker: allow it only where losing one
+        # changes nothing (a crash breaks the pool; no deadline to enforce).
+        if job.timeout is not None:
+            flags = frames.FLAG_STARTED
+        else:
+            flags = frames.FLAG_HOLD if self.on_crash == "break" else 0
+        w.writer.push(frames.KIND_BATCH, batch[0].tid, payload, flags)
+        w.inflight.extend(batch)
+        return len(batch)
+
+    def _ask_exit(self, w: Lane, now: float) -> None:
+        """Queue the exit frame: the worker finishes its window, acks and exits."""
+        w.state = EXITING
+        w.exit_at = now
+        w.writer.push(frames.KIND_EXIT, 0)
+        self._flush(w)
+
+    def _flush(self, w: Lane) -> None:
+        try:
+            done = w.writer.flush()
+        except OSError:
+            return  # the worker is gone: its sentinel and result pipe tell the rest
+        watching = w.call_fd in self._writers
+        if not done and not watching:
+            self.waiter.add(w.call_fd, WRITABLE)
+            self._writers.add(w.call_fd)
+        elif done and watching:
+            self.waiter.remove(w.call_fd)
+            self._writers.discard(w.call_fd)

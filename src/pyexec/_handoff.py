@@ -1,0 +1,203 @@
+"""The hand-offs: where a caller's thread does the manager's work itself.
+
+Invariant (read this before the code): the manager thread owns the dispatch
+state -- the lanes' ``inflight``, ``quota``, ``mark``, the waiter's set, the
+window -- and holds ``dispatch_lock`` whenever it is not asleep in its wait.
+A caller's thread may touch that state only while it holds
+``dispatch_lock``, which it takes without blocking and only while the
+manager says it sleeps (``sleeping``); it then does one of two things:
+
+* ``direct()`` (submit's thread): write one call straight to an idle worker
+  (UP, nothing in flight, quota left, not recycling, its pipe empty), append
+  it to that lane's inflight and set ``task.where``. One thread hop less on
+  the round trip. Anything left to do (the rest of a write, a worker's exit)
+  is left to the manager, woken.
+* ``help()`` (the thread in ``result()``): read that worker's result pipe
+  itself until its own result is there, settling what it reads. Whatever else
+  becomes ready (a wake, a death, another worker's results, a deadline)
+  ends the help and the manager takes over.
+
+The masked-fd rule: help() takes the worker's result fd out of the manager's
+waiter (``masked``) while it reads, and leaves it out afterwards while that
+worker holds no other call, so a loop of submit().result() makes no
+epoll_ctl at all. A call direct() then hands to such a worker is seen by no
+one but its own result()'s help. So any other wait on it (a Condition made:
+callbacks, wait(), as_completed; or done(), see _future) calls
+``_Task.watch``, which unmasks the fd (``unmask``); and the manager rearms
+every masked fd before it sleeps (``rearm_masked``) and forgets a dead
+lane's (``drop``). Nothing else masks or unmasks a result fd.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import select
+import time
+from typing import Any
+
+from . import _fds
+from ._frames import KIND_CALL, SPIN_NS, ChannelError, Spin
+from ._lanes import Lane, State
+from ._tasks import Task, settle_all
+from ._waiter import READABLE
+
+UP = State.UP
+
+
+class HandOff:
+    """The manager's methods that callers' threads run (under dispatch_lock),
+    and the state only they and the manager's rearm touch."""
+
+    # Declared for readers and type checkers; set by init_handoff.
+    masked: set[Lane]
+    help_poll: Any
+    spin: Spin
+
+    def init_handoff(self) -> None:
+        """The hand-offs' own state (called by the manager's __init__)."""
+        # Lanes whose result fd help() took out of the waiter and left out:
+        # the manager puts them back before it next sleeps.
+        self.masked = set()
+        self.help_poll = None  # help()'s poll object, made on first use
+        self.spin = Spin()  # whether help() polls before it sleeps
+
+    def direct(self, task: Task) -> bool:
+        """Write a call straight to an idle worker (submit's thread, dispatch_lock held).
+
+        False when no worker is idle: the call then goes through pending.
+        """
+        for w in self.workers:
+            if (
+                w.state is UP
+                and not w.inflight
+                and w.quota != 0
+                and not w.recycle
+                and not w.writer.pending
+            ):
+                if not task.start():
+                    return True
+                w.inflight.append(task)
+                task.where = w
+                w.mark = time.monotonic()
+                if w.quota is not None:
+                    w.quota -= 1
+                try:
+                    done = w.writer.send(KIND_CALL, task.tid, task.payload)
+                except OSError:
+                    done = False  # the worker is gone: the manager will see it
+                if not done or w.quota == 0:
+                    self.wake()  # the manager finishes the write or the exit
+                return True
+        return False
+
+    def unmask(self, w: Lane) -> None:
+        """Watch w's results again (help left them masked), from any thread:
+        at once if the manager sleeps, else before it next sleeps."""
+        if self.pid != os.getpid():
+            return
+        if not self.dispatch_lock.acquire(False):
+            self.wake()
+            return
+        try:
+            if w in self.masked:  # not forgotten meanwhile: its fd is open
+                self.rearm(w)
+        finally:
+            self.dispatch_lock.release()
+
+    def help(self, task: Task, w: Lane, end: float | None) -> None:
+        """Read task's result in the calling thread (result(), dispatch_lock free).
+
+        See the module's docstring: taken only while the manager sleeps;
+        anything else that becomes ready ends the help. epoll only: the poll
+        backend's set cannot change under a waiting thread.
+        """
+        if (
+            not self.sleeping
+            or self.waiter_fd < 0
+            or w.state is not UP
+            or self.generation != _fds.fork_generation
+            or not self.dispatch_lock.acquire(False)
+        ):
+            return
+        settled: list = []
+        try:
+            if self.sleeping and not self.closed and task in w.inflight:
+                until = self.sleep_until
+                if until is not None and (end is None or until < end):
+                    end = until
+                self._read_for(task, w, end, settled)
+        finally:
+            self.dispatch_lock.release()
+            settle_all(settled)
+
+    def _read_for(self, task: Task, w: Lane, end: float | None, settled: list) -> None:
+        """help's wait: read w's results until task's is among them (dispatch_lock held)."""
+        poll = self.help_poll
+        if poll is None:
+            poll = self.help_poll = select.poll()
+            poll.register(self.waiter_fd, select.POLLIN)
+        fd, inflight = w.result_fd, w.inflight
+        if w not in self.masked:
+            self.waiter.modify(fd, 0)
+            self.masked.add(w)
+        read_frames = w.reader.read_frames
+        spin = self.spin
+        spin_ns = SPIN_NS if spin.first() else 0  # see Spin
+        if spin_ns and end is not None:
+            spin_ns = min(spin_ns, max(0, int((end - time.monotonic()) * 1e9)))
+        polling = False
+        try:
+            while task in inflight:
+                n, meta, view = read_frames(fd, spin_ns)
+                if n < 0 and not meta:  # nothing yet: sleep on it
+                    if spin_ns:
+                        spin.missed()
+                        spin_ns = 0
+                    if not polling:
+                        poll.register(fd, select.POLLIN)
+                        polling = True
+                    ms = -1 if end is None else max(0, math.ceil((end - time.monotonic()) * 1000))
+                    ready = poll.poll(ms)
+                    if len(ready) != 1 or ready[0][0] != fd:
+                        return  # time is up, or the manager has work
+                    continue
+                if spin_ns:
+                    spin.found()
+                    spin_ns = 0
+                self._decode(w, settled, meta, view)
+                if n == 0:
+                    return  # end of file: the manager sees it too
+                if inflight and inflight[0].t0 and self._unknown_deadline(inflight[0]):
+                    return  # the manager must enforce it: finally wakes it
+        except ChannelError as exc:
+            self._protocol_error(w, str(exc))
+        finally:
+            if polling:
+                poll.unregister(fd)
+            if inflight:  # calls no one may wait on here: the manager's again
+                self.rearm(w)
+                if inflight[0].t0 and self._unknown_deadline(inflight[0]):
+                    self.wake()  # a deadline started that the sleeping manager does not know
+            if settled and (self.pending or w.recycle or w.quota == 0):
+                self.wake()  # work to dispatch, or a worker to retire
+
+    def _unknown_deadline(self, head: Task) -> bool:
+        """True when head's deadline (it said it started: a STARTED frame read
+        here) comes before the sleeping manager means to wake up."""
+        until = self.sleep_until
+        return until is None or head.t0 + head.timeout < until
+
+    def rearm_masked(self) -> None:
+        """Watch again the result fds that help() left out of the waiter."""
+        for w in list(self.masked):
+            self.rearm(w)
+
+    def drop(self, w: Lane) -> None:
+        """Forget a dead lane: its fd is being closed, nothing to rearm."""
+        self.masked.discard(w)
+
+    def rearm(self, w: Lane) -> None:
+        """Put w's result fd, masked by help(), back in the waiter (dispatch_lock held)."""
+        self.waiter.modify(w.result_fd, READABLE)
+        self.masked.discard(w)

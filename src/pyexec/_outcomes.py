@@ -1,0 +1,326 @@
+"""Outcomes: what comes back from the workers, and what their ends mean.
+
+The manager's side that receives: read and decode result frames, settle
+futures (outside dispatch_lock), notice a worker's death and fail, requeue
+or break accordingly, enforce deadlines (task timeouts, terminate_task, an
+exiting worker's grace) and break the pool. A mixin of Manager: these
+methods run in the manager thread (``_decode`` and ``_protocol_error`` also in
+a hand-off, under dispatch_lock, see _handoff). They write the lanes'
+``inflight`` (pop), ``state`` (to DEAD), ``mark``, ``recycle``, ``acked``,
+``fatal``, ``kill_reason``; ``completed``, ``failed``, ``keep``, ``broken``,
+the window, and ``pending`` (requeued calls go first).
+"""
+
+from __future__ import annotations
+
+import marshal
+import pickle
+import signal
+import time
+from collections import deque
+from concurrent.futures.process import _RemoteTraceback
+from typing import Any
+
+from . import _fds
+from . import _frames as frames
+from ._errors import (
+    BROKEN_PREFIX,
+    BrokenProcessPool,
+    TaskTerminated,
+    TaskTimeout,
+    WorkerDied,
+    describe_exit,
+)
+from ._frames import FLAG_SHIFT, KIND_MASK, READ_CHUNK, ChannelError
+from ._lanes import Kill, Lane, State
+from ._tasks import drain_pending, settle_all
+
+UP, EXITING, DEAD = State.UP, State.EXITING, State.DEAD
+# How long the manager waits for a dead worker's exit status.
+EXIT_STATUS_WAIT = 1.0
+# How long a worker asked to exit may take before it is killed (seconds),
+# counted from the moment its last call is done.
+EXIT_GRACE = 5.0
+
+
+class Outcomes:
+    """Manager methods that receive results and handle ends (see the module's docstring)."""
+
+    def _read_results(self, w: Lane) -> bool:
+        """Read and settle what the worker sent. False at end of file."""
+        while True:
+            try:
+                n = self._read_once(w)
+            except ChannelError as exc:
+                self._protocol_error(w, str(exc))
+                return False
+            if n == 0:
+                self._worker_died(w)
+                return False
+            if n < READ_CHUNK:
+                # Drained (a short read), or would block: the waiter reports
+                # the rest. One syscall less per wake: each one hands the GIL
+                # away, and getting it back from a busy submitter costs up to
+                # the interpreter's switch interval.
+                return True
+
+    def _read_once(self, w: Lane) -> int:
+        """One read of w's result pipe, decoded and settled: what the read
+        returned (0 at end of file, -1 when it would block). A malformed
+        stream raises ChannelError, once the calls before it are settled."""
+        settled: list = []
+        try:
+            n, meta, view = w.reader.read_frames(w.result_fd)
+            self._decode(w, settled, meta, view)
+        finally:
+            if settled:
+                # Futures are settled with no lock held: callbacks run here.
+                self.dispatch_lock.release()
+                try:
+                    settle_all(settled)
+                finally:
+                    self.dispatch_lock.acquire()
+        return n
+
+    def _decode(self, w: Lane, out: list, meta: tuple[int, ...], view: Any) -> None:
+        """Unpickle every complete frame now, those of (meta, view) that a read
+        took first (see Decoder.read_frames), appending (task, value,
+        exception) to out, to settle later outside any loop state. What was
+        decoded before a malformed frame (ChannelError) is in out all the same."""
+        inflight = w.inflight
+        loads, marshal_loads = pickle.loads, marshal.loads
+        MASK, SHIFT = KIND_MASK, FLAG_SHIFT
+        MARSHAL = frames.FLAG_MARSHAL << SHIFT
+        KIND_RESULT, KIND_ERROR = frames.KIND_RESULT, frames.KIND_ERROR
+        KIND_STARTED, FLAG_RECYCLE = frames.KIND_STARTED, frames.FLAG_RECYCLE
+        k = failed = 0
+        try:
+            each = frames.Decoder.each
+            while meta:
+                for word, tid, off, size in each(meta):
+                    kind = word & MASK
+                    buf = view[off : off + size]
+                    if kind == KIND_RESULT or kind == KIND_ERROR:
+                        if not inflight or inflight[0].tid != tid:
+                            raise ChannelError(0, f"result for call {tid}, which it does not hold")
+                        task = inflight.popleft()
+                        k += 1
+                        try:
+                            obj = marshal_loads(buf) if word & MARSHAL else loads(buf)
+                        except BaseException as err:
+                            what = "result" if kind == KIND_RESULT else "exception"
+                            exc = pickle.UnpicklingError(
+                                f"the {what} of call {tid} could not be unpickled: {err!r}"
+                            )
+                            exc.__cause__ = err
+                            out.append((task, None, exc))
+                            failed += 1
+                        else:
+                            if kind == KIND_RESULT:
+                                out.append((task, obj, None))
+                            else:
+                                exc, tb = obj
+                                exc.__cause__ = _RemoteTraceback(f'\n"""\n{tb}"""')
+                                out.append((task, None, exc))
+                                failed += 1
+                        task.payload = None
+                        if word >> SHIFT & FLAG_RECYCLE:
+                            w.recycle = True
+                    elif kind == KIND_STARTED:
+                        if inflight and inflight[0].tid == tid:
+                            inflight[0].t0 = time.monotonic()
+                    elif kind == frames.KIND_READY:
+                        w.mark = time.monotonic()  # the head call starts now
+                    elif kind == frames.KIND_EXIT_ACK:
+                        w.acked = True
+                    elif kind == frames.KIND_FATAL:
+                        w.fatal = str(loads(buf))
+                    else:
+                        raise ChannelError(0, f"unexpected frame kind {kind} from worker")
+                if w.reader.drained(meta):
+                    break
+                meta, view = w.reader.take()  # more, or the malformed one's error
+        finally:
+            self.completed += k - failed
+            self.failed += failed
+        if k:
+            now = time.monotonic()
+            if not inflight:
+                w.exit_at = now
+            self.window.observe((now - w.mark) / k, bool(inflight))
+            w.mark = now
+
+    def _protocol_error(self, w: Lane, why: str) -> None:
+        """A malformed stream: the worker counts as dead."""
+        w.fatal = f"it sent a malformed frame ({why})"
+        self._signal(w, signal.SIGKILL)
+
+    def _worker_died(self, w: Lane) -> None:
+        """The worker's sentinel fired or its result pipe ended: settle its calls."""
+        if w.state is DEAD:
+            return
+        if w.fatal is None:
+            try:
+                while self._read_once(w) > 0:  # what it wrote before dying
+                    pass
+            except ChannelError as exc:
+                w.fatal = f"it sent a malformed frame ({exc})"
+            except OSError:
+                pass
+            if w.reader.buffered and w.fatal is None:
+                w.fatal = "it stopped in the middle of a frame"
+        exitcode = self.launcher.exitcode(w, EXIT_STATUS_WAIT)
+        if exitcode is None:
+            self.launcher.kill(w)
+            exitcode = self.launcher.exitcode(w, EXIT_STATUS_WAIT)
+        self._forget(w)
+        graceful = w.acked and not w.inflight and exitcode == 0
+        if graceful or self.broken is not None:
+            self._fail_all(w.inflight, self.broken or "")
+            return
+        if w.state is EXITING and not w.inflight and w.fatal is None:
+            return  # asked to exit, had nothing: however it ended, nothing is lost
+        how = describe_exit(exitcode)
+        reason = w.kill_reason
+        up = sum(1 for x in self.workers if x.state is UP) + self.starting + 1  # w too
+        self.keep = min(self.max_workers, max(self.keep, up))
+        if reason is Kill.TIMEOUT or reason is Kill.TERMINATE:
+            if not w.inflight or w.inflight[0] is not w.kill_target:
+                self._requeue(w.inflight)  # its call finished just before the kill
+                return
+            head = w.inflight.popleft()
+            if reason is Kill.TIMEOUT:
+                exc: BaseException = TaskTimeout(
+                    f"call {head.tid} ran past its deadline of {head.timeout} s; "
+                    f"its worker (pid {w.pid}) was killed and replaced"
+                )
+            else:
+                exc = TaskTerminated(
+                    f"call {head.tid} was stopped by terminate_task(); "
+                    f"its worker (pid {w.pid}) was killed and replaced"
+                )
+            self.failed += 1
+            self._requeue(w.inflight)
+            head.settle(exc=exc)
+            return
+        detail = f"worker pid {w.pid} died with {how}"
+        if w.fatal:
+            detail = f"worker pid {w.pid} failed: {w.fatal}; it ended with {how}"
+        if self.on_crash == "restart" and not (w.fatal and "initializer" in w.fatal):
+            if w.inflight:
+                head = w.inflight.popleft()
+                self.failed += 1
+                self._requeue(w.inflight)
+                head.settle(
+                    exc=WorkerDied(
+                        f"{detail} while running call {head.tid}; a new worker takes its place",
+                        w.pid,
+                        exitcode,
+                    ),
+                )
+            return
+        msg = f"{BROKEN_PREFIX}: {detail}."
+        self._break(msg, lost=w.inflight)
+
+    def _requeue(self, tasks: deque) -> None:
+        """Calls a dead worker held but had not started go first in line again."""
+        for task in tasks:
+            task.t0 = 0.0
+        self.pending.extendleft(reversed(tasks))
+        tasks.clear()
+
+    def _forget(self, w: Lane) -> None:
+        w.state = DEAD
+        self.drop(w)  # see _handoff
+        for fd in (w.result_fd, w.sentinel, w.call_fd):
+            self.by_fd.pop(fd, None)
+        self.waiter.remove(w.result_fd)
+        self.waiter.remove(w.sentinel)
+        if w.call_fd in self._writers:
+            self.waiter.remove(w.call_fd)
+            self._writers.discard(w.call_fd)
+        _fds.close_fd(w.call_fd)
+        _fds.close_fd(w.result_fd)
+        self.launcher.release(w)
+        self.workers.remove(w)
+
+    def _break(
+        self,
+        msg: str,
+        cause: BaseException | None = None,
+        cancelled: bool = False,
+        lost: deque | None = None,
+    ) -> None:
+        """The pool is broken: every pending and running call fails, workers stop.
+
+        lost: the calls of a worker already forgotten (the one that died).
+        """
+        if self.broken is not None:
+            return
+        self.broken = msg
+        executor = self.executor_ref()
+        if executor is not None:
+            with executor._lock:
+                executor._broken = msg
+            del executor
+        doomed = list(lost or ())
+        if lost:
+            lost.clear()
+        doomed += drain_pending(self.pending, self.lock, self.ids)
+        for w in self.workers:
+            doomed.extend(w.inflight)
+            w.inflight.clear()
+        now = time.monotonic()
+        for w in self.workers:
+            if w.state is not DEAD:
+                w.state = EXITING  # killed outright if SIGTERM is not enough
+                w.exit_at = now
+                self._signal(w, signal.SIGTERM)
+        for task in doomed:
+            if cancelled and task.cancel():
+                continue
+            self.failed += 1
+            err = BrokenProcessPool(msg)
+            err.__cause__ = cause
+            task.settle(exc=err)
+
+    def _fail_all(self, tasks: deque, msg: str) -> None:
+        for task in tasks:
+            self.failed += 1
+            task.settle(exc=BrokenProcessPool(msg or BROKEN_PREFIX))
+        tasks.clear()
+
+    def _deadlines(self) -> float | None:
+        """Kill every worker whose deadline has passed; return the seconds until
+        the next deadline (None: there is none).
+
+        A worker's deadline: its head call's (when the call said it started,
+        plus its timeout), now for a head call terminate_task() asked to stop,
+        or, for a worker asked to exit that holds nothing, EXIT_GRACE after
+        its last call was done. A worker already killed has none.
+        """
+        best = None
+        now = time.monotonic()
+        for w in self.workers:
+            if w.state is DEAD or w.kill_reason is not None:
+                continue
+            head = None
+            if w.inflight:
+                head = w.inflight[0]
+                if head.kill is not None:
+                    reason, due = head.kill, now
+                elif head.t0:
+                    reason, due = Kill.TIMEOUT, head.t0 + head.timeout
+                else:
+                    continue
+            elif w.state is EXITING:
+                reason, due = Kill.EXIT_GRACE, w.exit_at + EXIT_GRACE
+            else:
+                continue
+            if now >= due:
+                w.kill_reason = reason
+                w.kill_target = head
+                self._signal(w, signal.SIGKILL)
+            elif best is None or due < best:
+                best = due
+        return None if best is None else best - now
