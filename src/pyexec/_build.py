@@ -20,7 +20,7 @@ from cffi import FFI
 PKG = Path(__file__).resolve().parent
 ROOT = PKG.parent.parent  # the project: src/pyexec/ and csrc/
 CSRC = ROOT / "csrc"
-SOURCES = ["frame.c", "io.c", "wait.c"]
+SOURCES = ["frame.c", "io.c", "wait.c", "arena.c"]
 # Included by wait.c rather than compiled on their own; part of the hash.
 INCLUDED = ["wait_epoll.c", "wait_poll.c"]
 HEADER = CSRC / "pyexec.h"
