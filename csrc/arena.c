@@ -138,6 +138,27 @@ int px_close(int fd) {
     return close(fd) < 0 && errno != EINTR ? -errno : 0;
 }
 
+void px_copy(void *dst, const void *src, uint64_t n) {
+    if (n > 0 && dst != NULL && src != NULL) memcpy(dst, src, (size_t)n);
+}
+
+int px_discard(void *addr, uint64_t size) {
+#if defined(__linux__) && defined(MADV_REMOVE)
+    long page = sysconf(_SC_PAGESIZE);
+    uintptr_t pg = (uintptr_t)(page > 0 ? page : 4096);
+    uintptr_t start = (uintptr_t)addr, end;
+    if (addr == NULL || size == 0 || size > (uint64_t)(UINTPTR_MAX - start)) return 0;
+    end = (start + (uintptr_t)size) & ~(pg - 1);
+    start = (start + pg - 1) & ~(pg - 1);
+    if (end <= start) return 0;
+    return madvise((void *)start, end - start, MADV_REMOVE) < 0 ? -errno : 0;
+#else
+    (void)addr;
+    (void)size;
+    return 0;
+#endif
+}
+
 /* ---- the slot table --------------------------------------------------- */
 
 /* A slot id: the index in the table in its low 16 bits, the index's

@@ -310,6 +310,18 @@ int px_unmap(void *addr, uint64_t size);
 /* close(2) that accepts -1 (does nothing). Returns 0 or -errno. */
 int px_close(int fd);
 
+/* memcpy of n bytes (no overlap): a call of its own so that a copy of many
+ * megabytes runs with the GIL released. n = 0 does nothing. */
+void px_copy(void *dst, const void *src, uint64_t n);
+
+/* Give back the memory of the whole pages inside [addr, addr + size) of a
+ * shared mapping (madvise MADV_REMOVE: a hole is punched in the segment, and
+ * reads there see zeros from now on, in every process). For the parts of an
+ * overflow segment whose views have died while others still hold the rest.
+ * Returns 0 (also when no whole page is inside, or where the call does not
+ * exist) or -errno. */
+int px_discard(void *addr, uint64_t size);
+
 /* A slot table for an arena of arena_size bytes with room for max_slots live
  * slots (1..PX_SLOTS_MAX). Returns 0, -EINVAL or -ENOMEM. */
 int px_slots_new(px_slots **out, uint64_t arena_size, uint32_t max_slots);

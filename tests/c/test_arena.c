@@ -182,6 +182,45 @@ static void test_map_across_fork(void) {
     CHECK_EQ(px_close(fd), 0);
 }
 
+static void test_copy(void) {
+    char a[100], b[100];
+    memset(a, 3, sizeof(a));
+    memset(b, 0, sizeof(b));
+    px_copy(b, a, 0);
+    CHECK_EQ(b[0], 0);
+    px_copy(b, a, 100);
+    CHECK_EQ(memcmp(a, b, 100), 0);
+    px_copy(NULL, a, 0);
+}
+
+/* Discarding pages of one view punches a hole the other view sees; bytes
+ * outside whole pages are kept. */
+static void test_discard(void) {
+    const uint64_t size = 16 * 4096;
+    int fd = px_shm_new(size);
+    CHECK(fd >= 0);
+    unsigned char *a = NULL, *b = NULL;
+    CHECK_EQ(px_map(fd, size, 0, (void **)&a), 0);
+    CHECK_EQ(px_map(fd, size, 0, (void **)&b), 0);
+    px_close(fd);
+    memset(a, 9, size);
+    /* From the middle of page 1 to the middle of page 5: pages 2..4 go. */
+    int rc = px_discard(b + 4096 + 100, 4 * 4096);
+    int none = px_discard(b + 10, 100); /* no whole page inside */
+    int null = px_discard(NULL, 4096);
+    bool ok = a[4096 + 100] == 9 && a[2 * 4096 - 1] == 9 && a[5 * 4096] == 9;
+#ifdef __linux__
+    ok = ok && a[2 * 4096] == 0 && a[5 * 4096 - 1] == 0 && b[3 * 4096] == 0;
+#endif
+    ok = ok && a[10] == 9;
+    px_unmap(a, size);
+    px_unmap(b, size);
+    CHECK_EQ(rc, 0);
+    CHECK_EQ(none, 0);
+    CHECK_EQ(null, 0);
+    CHECK(ok);
+}
+
 /* ---- the slot table ---------------------------------------------------- */
 
 static px_slots *t_slots(uint64_t size, uint32_t max) {
@@ -596,6 +635,8 @@ static void test_overflow_path(void) {
     X(map_sealed_refuses_unsealed)                      \
     X(unmap_and_close_accept_nothing)                   \
     X(map_across_fork)                                  \
+    X(copy)                                             \
+    X(discard)                                          \
     X(slots_new_limits)                                 \
     X(slots_size_zero)                                  \
     X(slots_over_half_is_overflow)                      \
