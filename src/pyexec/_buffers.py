@@ -336,16 +336,18 @@ class Sender:
         slots: list[int] = []
         sid = ffi.new("uint32_t *")
         off = ffi.new("uint64_t *")
+        # Held here: a close() in another thread must not unmap it under a copy.
+        base, table = self._base, self._slots
         try:
             for kind, view in buffers:
                 n = view.nbytes
                 rc = -errno.ENOSPC
-                if self._base is not None:
+                if base is not None:
                     with self._lock:
-                        rc = lib.px_slots_alloc(self._slots, n, sid, off)
+                        rc = lib.px_slots_alloc(table, n, sid, off)
                 if rc == 0:
                     slots.append(sid[0])
-                    lib.px_copy(self._base + off[0], ffi.from_buffer(view), n)
+                    lib.px_copy(base + off[0], ffi.from_buffer(view), n)
                     entries.append((kind, sid[0], off[0], n))
                 else:
                     overflow.append((len(entries), view))
@@ -393,9 +395,9 @@ class Sender:
 
     def _release_ids(self, ids: Iterable[int]) -> None:
         ids = array("I", ids)
-        if not ids:
-            return
         with self._lock:
+            if not ids or self._slots == ffi.NULL:  # closed: nothing to free
+                return
             bad = lib.px_slots_release_many(
                 self._slots, ffi.from_buffer("uint32_t[]", ids), len(ids)
             )
@@ -423,9 +425,11 @@ class Sender:
         return out[0], out[1], out[2]
 
     def close(self) -> None:
-        """Unmap the arena and drop the slot table (the receiver's views are its own)."""
-        self._base = None
-        self._slots = ffi.NULL
+        """Unmap the arena and drop the slot table (the receiver's views are its own).
+        A place() running meanwhile finishes on what it holds."""
+        with self._lock:
+            self._base = None
+            self._slots = ffi.NULL
 
 
 # ---- the receiving side -----------------------------------------------------
