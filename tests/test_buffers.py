@@ -387,6 +387,9 @@ def test_fd_passing_over_the_per_message_limit() -> None:
 
 # ---- across a fork ------------------------------------------------------------
 
+# The only other thread is pytest-timeout's timer; the children take no lock it holds.
+_FORK_OK = pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+
 
 def _send_msg(data_fd: int, sock: int, enc: B.Encoded, releases: bytes) -> None:
     head = struct.pack("<QQQI", len(enc.payload), len(enc.descriptors), len(releases), len(enc.fds))
@@ -441,6 +444,7 @@ def _echo_child(down_fd, up_fd, size, data_in, data_out, sock) -> None:
         _send_msg(data_out, sock, enc, receiver.take_releases())
 
 
+@_FORK_OK
 @pytest.mark.timeout(60)
 def test_round_trip_across_fork() -> None:
     """Parent -> child -> parent over two arenas made by the parent, with the fds of
@@ -507,6 +511,7 @@ def test_round_trip_across_fork() -> None:
             assert np.all(got == i)
 
 
+@_FORK_OK
 @pytest.mark.timeout(60)
 def test_thousands_of_held_arrays_under_a_low_fd_limit() -> None:
     """Each overflow segment's fd is closed once mapped: 1,000 held overflow arrays in
