@@ -596,3 +596,22 @@ def test_threads_place_through_one_sender() -> None:
         for enc in out.values():
             enc.close()
         there.close()
+
+
+def test_segment_mappings_are_bounded(monkeypatch) -> None:
+    """Past MAX_SEGMENT_MAPS held segments, new overflow views are private copies: the
+    process's mappings stay bounded (vm.max_map_count), the values right."""
+    link = Link(size=1 * MIB)
+    limit = len(B._segment_maps) + 3
+    monkeypatch.setattr(B, "MAX_SEGMENT_MAPS", limit)
+    try:
+        held = [link.send(np.full(MIB, i, dtype=np.uint8)) for i in range(10)]
+        assert link.nfds == 1
+        assert len(B._segment_maps) == limit
+        assert all(h[0] == i and h[-1] == i for i, h in enumerate(held))
+        held[-1][:] = 0  # a private copy is writable as well
+        del held
+        gc.collect()
+        assert len(B._segment_maps) == limit - 3
+    finally:
+        link.close()

@@ -40,7 +40,9 @@ slot again before that release arrives, so a held array never changes. Bytes,
 bytearray and PickleBuffer objects are copied out on receipt (the type the
 standard library gives back), and their slots released at once. The arena's
 mapping, and an overflow segment's, are unmapped when the last view of them
-dies, whatever was closed before.
+dies, whatever was closed before. A segment's fd is closed as soon as it is
+mapped (thousands of held views cost no fd), and past MAX_SEGMENT_MAPS held
+segments new overflow views are private copies (vm.max_map_count).
 
 Threads: a Sender may be used from several threads (its slot table is under a
 lock: ``place`` runs in whichever thread dispatches). A Receiver's ``loads``
@@ -81,6 +83,11 @@ DEFAULT_MAX_SLOTS = 4096
 # view that died can be given back while the rest is still held.
 _PAGE = os.sysconf("SC_PAGESIZE") if hasattr(os, "sysconf") else 4096
 FDS_MAX = lib.PX_FDS_MAX
+# Overflow segments mapped in this process at once (a held view keeps its
+# message's segment mapped): bounded well under vm.max_map_count (65530 by
+# default), which counts every other mapping of the process too. Past it, a
+# segment's views are copied into private memory and the segment unmapped.
+MAX_SEGMENT_MAPS = 16384
 
 # The descriptors: a header (overflow segment size, 0 when none), then one
 # entry per out-of-band buffer, in the order the pickle meets them.
@@ -140,6 +147,27 @@ def _map(fd: int, size: int, flags: int) -> Any:
 
 def _unmap(size: int, ptr: Any) -> None:
     lib.px_unmap(ptr, size)
+
+
+# One token per live segment mapping: len() is their count. A deque, not a counter
+# under a lock: the unmapping runs in a finalizer, on any thread.
+_segment_maps: deque[None] = deque()
+
+
+def _map_segment(fd: int, size: int) -> Any:
+    """A received overflow segment, mapped (it must be sealed) and counted."""
+    out = ffi.new("void **")
+    _check(lib.px_map(fd, size, lib.PX_MAP_POPULATE | lib.PX_MAP_SEALED, out), "mapping a segment")
+    _segment_maps.append(None)
+    return ffi.gc(ffi.cast("char *", out[0]), functools.partial(_unmap_segment, size))
+
+
+def _unmap_segment(size: int, ptr: Any) -> None:
+    lib.px_unmap(ptr, size)
+    try:
+        _segment_maps.pop()
+    except IndexError:  # pragma: no cover - one token per mapping
+        pass
 
 
 # ---- the pickling side ------------------------------------------------------
@@ -496,9 +524,9 @@ class Receiver:
         count, rest = divmod(len(descriptors) - _HEADER.size, _ENTRY.size)
         if rest or (seg_size and len(fds) != 1) or (not seg_size and fds):
             raise pickle.UnpicklingError("malformed buffer descriptors")
-        segment = (
-            _map(fds[0], seg_size, lib.PX_MAP_POPULATE | lib.PX_MAP_SEALED) if seg_size else None
-        )
+        # Too many segments held already: this one's views become private copies.
+        private = len(_segment_maps) >= MAX_SEGMENT_MAPS
+        segment = _map_segment(fds[0], seg_size) if seg_size else None
         views: list = []
         copies: dict[int, tuple[int, Any, int]] = {}  # pid -> kind, pointer, length
         done: list[int] = []  # slots of copied-out buffers: released after loading
@@ -517,6 +545,8 @@ class Receiver:
                 copies[i] = (kind, ptr, n)
                 if not kind & _IN_SEGMENT:
                     done.append(sid)
+            elif kind & _IN_SEGMENT and private:
+                views.append(bytearray(ffi.buffer(ptr, n)))
             elif kind & _IN_SEGMENT:
                 owner = ffi.gc(ptr, functools.partial(_segment_done, segment, n))
                 views.append(ffi.buffer(owner, n))
