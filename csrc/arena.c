@@ -126,6 +126,18 @@ int px_map(int fd, uint64_t size, int flags, void **out) {
     return 0;
 }
 
+int px_populate(void *addr, uint64_t size) {
+    if (addr == NULL || size == 0 || size > (uint64_t)SIZE_MAX) return size == 0 ? 0 : -EINVAL;
+#if defined(__linux__) && defined(MADV_POPULATE_WRITE)
+    if (madvise(addr, (size_t)size, MADV_POPULATE_WRITE) == 0) return 0;
+    if (errno != EINVAL) return -errno; /* EINVAL: a kernel before 5.14 */
+#endif
+    long page = sysconf(_SC_PAGESIZE);
+    volatile const char *c = addr;
+    for (uint64_t i = 0; i < size; i += (uint64_t)(page > 0 ? page : 4096)) (void)c[i];
+    return 0;
+}
+
 int px_unmap(void *addr, uint64_t size) {
     if (addr == NULL || size == 0) return 0;
     if (size > (uint64_t)SIZE_MAX) return -EINVAL;

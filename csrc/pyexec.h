@@ -303,6 +303,13 @@ int px_shm_new(uint64_t size);
  * or -errno. */
 int px_map(int fd, uint64_t size, int flags, void **out);
 
+/* Fault in every page of [addr, addr + size) of a mapping now, writable
+ * (MADV_POPULATE_WRITE on Linux 5.14+; elsewhere, or on older kernels, a read
+ * of each page, which for shared memory allocates it too). For a mapping made
+ * without PX_MAP_POPULATE: a thread of its own can pay the faults (the GIL is
+ * released around the call) while the process starts. Returns 0 or -errno. */
+int px_populate(void *addr, uint64_t size);
+
 /* munmap(2) what px_map gave. NULL (or size 0) does nothing. Returns 0 or
  * -errno. */
 int px_unmap(void *addr, uint64_t size);

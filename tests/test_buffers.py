@@ -615,3 +615,25 @@ def test_segment_mappings_are_bounded(monkeypatch) -> None:
         assert len(B._segment_maps) == limit - 3
     finally:
         link.close()
+
+
+def test_prefault_in_a_thread() -> None:
+    """Arenas mapped without faulting in, faulted in by threads meanwhile, then used."""
+    import threading
+
+    fd = B.create_arena(4 * MIB)
+    try:
+        sender = B.Sender(fd, 4 * MIB, populate=False)
+        receiver = B.Receiver(fd, 4 * MIB, populate=False)
+    finally:
+        os.close(fd)
+    threads = [threading.Thread(target=x.prefault) for x in (sender, receiver)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    enc = sender.dumps(np.arange(200_000))
+    got = receiver.loads(enc.payload, enc.descriptors, enc.fds)
+    assert np.array_equal(got, np.arange(200_000))
+    receiver.close()
+    sender.close()

@@ -182,6 +182,27 @@ static void test_map_across_fork(void) {
     CHECK_EQ(px_close(fd), 0);
 }
 
+static void test_populate(void) {
+    const uint64_t size = 64 * 4096;
+    int fd = px_shm_new(size);
+    CHECK(fd >= 0);
+    unsigned char *a = NULL, *b = NULL;
+    CHECK_EQ(px_map(fd, size, 0, (void **)&a), 0);
+    CHECK_EQ(px_map(fd, size, 0, (void **)&b), 0);
+    px_close(fd);
+    memset(a, 4, size);
+    int rc = px_populate(b, size); /* must not change what is there */
+    int zero = px_populate(b, 0);
+    int null = px_populate(NULL, 4096);
+    bool ok = b[0] == 4 && b[size - 1] == 4;
+    px_unmap(a, size);
+    px_unmap(b, size);
+    CHECK_EQ(rc, 0);
+    CHECK_EQ(zero, 0);
+    CHECK_EQ(null, -EINVAL);
+    CHECK(ok);
+}
+
 static void test_copy(void) {
     char a[100], b[100];
     memset(a, 3, sizeof(a));
@@ -635,6 +656,7 @@ static void test_overflow_path(void) {
     X(map_sealed_refuses_unsealed)                      \
     X(unmap_and_close_accept_nothing)                   \
     X(map_across_fork)                                  \
+    X(populate)                                         \
     X(copy)                                             \
     X(discard)                                          \
     X(slots_new_limits)                                 \
