@@ -103,7 +103,9 @@ _IN_SEGMENT = 4  # in the message's overflow segment, not in an arena slot
 # The pre-scan that decides whether a pickle needs the persistent_id hook (a
 # Python call per pickled object: 4x slower on many small objects, so only
 # when a big bytes-like object is near the top, where arguments and results
-# sit). Deeper ones stay in-band: correct, only slower.
+# sit). Deeper bytes and bytearrays stay in-band: correct, only slower. A bare
+# PickleBuffer deeper down goes out of band as a view and arrives as a cffi
+# buffer object instead of the bytearray or bytes the stdlib would give.
 _SCAN_DEPTH = 4
 _SCAN_ITEMS = 64  # containers longer than this: only their first _SCAN_HEAD items
 _SCAN_HEAD = 8
