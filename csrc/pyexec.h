@@ -7,6 +7,8 @@
  *     a writer that sends a list of buffers without copying them.
  *   - the waiter: one wait, with the GIL released, over many fds (epoll on
  *     Linux, poll everywhere; chosen when the waiter is created).
+ *   - arenas (arena.c): shared memory for big pickle buffers: anonymous
+ *     segments, their mappings, a slot allocator, and fd passing.
  *
  * Rules for everything declared here:
  *   - every exported symbol starts with px_; everything else is static;
@@ -30,7 +32,7 @@
 /* CDEF BEGIN */
 
 /* Bumped whenever a declaration below changes meaning. Checked at import. */
-#define PX_CORE_ABI 5
+#define PX_CORE_ABI 6
 
 /* ---- frames ---------------------------------------------------------- */
 
@@ -263,6 +265,124 @@ int px_waiter_del(px_waiter *w, int fd);
  * not end the wait early: the time left is computed from a monotonic start
  * and the wait goes on. The timeout is rounded up to whole milliseconds. */
 int px_waiter_wait(px_waiter *w, px_event *events, int max, int64_t timeout_ns);
+
+/* ---- arenas: shared memory for big buffers (arena.c) ------------------- */
+
+/* A segment is an anonymous shared-memory file: a memfd on Linux (never in
+ * /dev/shm, so nothing is left behind whatever kills the process), elsewhere
+ * an shm_open'ed name unlinked at once. On Linux it is sealed against
+ * shrinking and growing (and against further seals) as soon as it has its
+ * size: a truncate of a mapped file would SIGBUS the reader, and the seal
+ * makes that impossible. Writes are not sealed (F_SEAL_WRITE cannot be set
+ * while a writable mapping exists, and the sender needs one).
+ *
+ * A slot table is the allocator of one arena, kept by the sender of that
+ * direction only: the receiver never allocates, it maps the segment and
+ * sends slot ids back once it is done with them. */
+
+/* Offsets and sizes of slots are multiples of this (a cache line; numpy
+ * wants at most 16). */
+#define PX_SLOT_ALIGN 64
+/* The most slots one table may have (slot ids carry a 16-bit index). */
+#define PX_SLOTS_MAX 65536
+/* The most fds px_send_fds sends or px_recv_fds takes in one message
+ * (SCM_MAX_FD in Linux; more are refused, and a receiver given a smaller
+ * ancillary buffer would drop the rest silently). */
+#define PX_FDS_MAX 253
+
+/* px_map flags. POPULATE: fault every page in now (first touch of a page
+ * costs far more than copying it on this kind of VM). SEALED: refuse (-EPERM)
+ * a segment that could still shrink, i.e. one without F_SEAL_SHRINK (Linux;
+ * ignored elsewhere). */
+#define PX_MAP_POPULATE 1
+#define PX_MAP_SEALED 2
+
+typedef struct px_slots px_slots;
+
+/* A new segment of size bytes (> 0), zero-filled, O_CLOEXEC; sealed on Linux
+ * as said above. Returns the fd (>= 0) or -errno (-EINVAL for size 0 or one
+ * that does not fit an off_t; the -errno of memfd_create, ftruncate,
+ * fcntl or shm_open). The caller owns the fd. */
+int px_shm_new(uint64_t size);
+
+/* mmap(2) size bytes (> 0) of fd from offset 0, shared, read and write, with
+ * flags PX_MAP_*. The file must hold at least size bytes (-EINVAL otherwise:
+ * a mapping past the end would SIGBUS on first touch). *out gets the address.
+ * The fd may be closed at once; the mapping stays until px_unmap. Returns 0
+ * or -errno. */
+int px_map(int fd, uint64_t size, int flags, void **out);
+
+/* Fault in every page of [addr, addr + size) of a mapping now, writable
+ * (MADV_POPULATE_WRITE on Linux 5.14+; elsewhere, or on older kernels, a read
+ * of each page, which for shared memory allocates it too). For a mapping made
+ * without PX_MAP_POPULATE: a thread of its own can pay the faults (the GIL is
+ * released around the call) while the process starts. Returns 0 or -errno. */
+int px_populate(void *addr, uint64_t size);
+
+/* munmap(2) what px_map gave. NULL (or size 0) does nothing. Returns 0 or
+ * -errno. */
+int px_unmap(void *addr, uint64_t size);
+
+/* close(2) that accepts -1 (does nothing). Returns 0 or -errno. */
+int px_close(int fd);
+
+/* memcpy of n bytes (no overlap): a call of its own so that a copy of many
+ * megabytes runs with the GIL released. n = 0 does nothing. */
+void px_copy(void *dst, const void *src, uint64_t n);
+
+/* Give back the memory of the whole pages inside [addr, addr + size) of a
+ * shared mapping (madvise MADV_REMOVE: a hole is punched in the segment, and
+ * reads there see zeros from now on, in every process). For the parts of an
+ * overflow segment whose views have died while others still hold the rest.
+ * Returns 0 (also when no whole page is inside, or where the call does not
+ * exist) or -errno. */
+int px_discard(void *addr, uint64_t size);
+
+/* A slot table for an arena of arena_size bytes with room for max_slots live
+ * slots (1..PX_SLOTS_MAX). Returns 0, -EINVAL or -ENOMEM. */
+int px_slots_new(px_slots **out, uint64_t arena_size, uint32_t max_slots);
+void px_slots_free(px_slots *s);
+
+/* Allocate size bytes (rounded up to PX_SLOT_ALIGN) at the lowest offset
+ * where they fit. Returns 0 and fills *id and *offset; -EINVAL for size 0;
+ * -EFBIG for a size over half the arena (send it through its own segment);
+ * -ENOSPC when no gap is large enough or every slot is live. A slot is never
+ * handed out again before it is released. An id is never 0. */
+int px_slots_alloc(px_slots *s, uint64_t size, uint32_t *id, uint64_t *offset);
+
+/* Release the slot id (the receiver is done with it). Returns 0, or -EINVAL
+ * for an id that is not live: never allocated, already released, or from
+ * before a px_slots_reset; the table is unchanged then. */
+int px_slots_release(px_slots *s, uint32_t id);
+
+/* px_slots_release of ids[0..n): every live id is released. Returns how many
+ * were not live (0 when all were). */
+int px_slots_release_many(px_slots *s, const uint32_t *ids, uint32_t n);
+
+/* Forget every live slot (the receiver died): the arena is all free, and any
+ * id handed out before is invalid from now on. */
+void px_slots_reset(px_slots *s);
+
+/* out[0] live slots, out[1] bytes they cover (aligned sizes), out[2] the
+ * largest free gap in bytes. */
+void px_slots_stats(const px_slots *s, uint64_t out[3]);
+
+/* sendmsg(2) of len bytes (>= 1) of data with fds[0..n) as SCM_RIGHTS
+ * (0 <= n <= PX_FDS_MAX; n = 0 sends data only), retrying EINTR. Returns
+ * bytes sent (on a stream socket possibly fewer than len: the fds went with
+ * the first byte, the caller sends the rest without them), or -errno
+ * (-EINVAL for n or len out of range). The caller still owns (and closes)
+ * fds[]. */
+int64_t px_send_fds(int sock, const int *fds, int n, const char *data, uint64_t len);
+
+/* recvmsg(2) into buf[0..len) (len >= 1), taking up to max_fds (0..
+ * PX_FDS_MAX) fds into fds[], O_CLOEXEC, retrying EINTR. *nfds gets how many
+ * came; the caller owns them. Returns bytes received (0: end of file),
+ * -EAGAIN on a non-blocking socket with nothing, -EMSGSIZE when fds were
+ * dropped (more were sent than max_fds, or the process is at its fd limit:
+ * MSG_CTRUNC; every fd that did come is closed, *nfds is 0, and the channel
+ * is out of step: treat it as broken), or another -errno. */
+int64_t px_recv_fds(int sock, char *buf, uint64_t len, int *fds, int max_fds, int *nfds);
 
 /* ---- identity --------------------------------------------------------- */
 

@@ -1,12 +1,14 @@
 """The C core on its own, under AddressSanitizer and UndefinedBehaviorSanitizer.
 
 ``tests/c/test_core.c`` (every decoder edge case, the writer, pipes, rss and
-both waiter backends) and the decoder's fuzz harness ``tests/c/fuzz_decoder.c``
+both waiter backends), ``tests/c/test_arena.c`` (segments, mappings, every
+slot-table edge case, fd passing), the decoder's fuzz harness
+``tests/c/fuzz_decoder.c`` and the slot protocol's ``tests/c/fuzz_slots.c``
 are compiled here straight from ``csrc/`` with the system C compiler (gcc or
 clang) and run as plain programs: no Python in the process, so any sanitizer
 report is the core's own. Each C test runs as its own pytest case.
 
-The fuzz run is marked ``soak``: about 20 s by default, longer with
+The fuzz runs are marked ``soak``: about 20 s by default, longer with
 ``PYEXEC_FUZZ_SECONDS``; ``PYEXEC_FUZZ_SEED`` repeats a run (the seed is in
 every failure message).
 """
@@ -25,7 +27,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 CSRC = ROOT / "csrc"
 CDIR = ROOT / "tests" / "c"
-CORE_SOURCES = ["frame.c", "io.c", "wait.c"]
+CORE_SOURCES = ["frame.c", "io.c", "wait.c", "arena.c"]
 SANITIZE = [
     "-fsanitize=address,undefined",
     "-fno-sanitize-recover=all",
@@ -58,9 +60,9 @@ CC = _compiler()
 pytestmark = pytest.mark.skipif(CC is None, reason="no C compiler on this machine")
 
 
-def _c_test_names() -> list[str]:
-    """The tests listed in test_core.c's TESTS table, in order."""
-    text = (CDIR / "test_core.c").read_text()
+def _c_test_names(source: str = "test_core.c") -> list[str]:
+    """The tests listed in a C test file's TESTS table, in order."""
+    text = (CDIR / source).read_text()
     table = text.split("#define TESTS(X)", 1)[1].split("\n\n", 1)[0]
     return re.findall(r"X\((\w+)\)", table)
 
@@ -101,6 +103,75 @@ def fuzzer(tmp_path_factory) -> Path:
     """fuzz_decoder built with ASan+UBSan and its own mutation loop."""
     out = tmp_path_factory.mktemp("fuzz") / "fuzz_decoder"
     return _build(out, [CDIR / "fuzz_decoder.c"])
+
+
+@pytest.fixture(scope="module")
+def arena_tests(tmp_path_factory) -> Path:
+    """test_arena built with ASan+UBSan."""
+    out = tmp_path_factory.mktemp("sanitized") / "test_arena"
+    return _build(out, [CDIR / "test_arena.c", CSRC / "arena.c"])
+
+
+@pytest.fixture(scope="module")
+def slots_fuzzer(tmp_path_factory) -> Path:
+    """fuzz_slots built with ASan+UBSan and its own random loop."""
+    out = tmp_path_factory.mktemp("fuzz") / "fuzz_slots"
+    return _build(out, [CDIR / "fuzz_slots.c", CSRC / "arena.c"])
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("name", _c_test_names("test_arena.c"))
+def test_arena_under_sanitizers(arena_tests: Path, name: str) -> None:
+    """One C test of the arena code, run under ASan+UBSan: it passes, nothing reported."""
+    proc = _run([str(arena_tests), name], timeout=60)
+    _assert_clean(proc, f"test_arena {name}")
+    assert f"ok   {name}" in proc.stdout
+
+
+@pytest.mark.timeout(60)
+def test_arena_table_lists_every_test(arena_tests: Path) -> None:
+    """Every test_* function in test_arena.c is in its table (none silently skipped)."""
+    proc = _run([str(arena_tests), "--list"], timeout=30)
+    _assert_clean(proc, "test_arena --list")
+    listed = proc.stdout.split()
+    defined = re.findall(
+        r"^static void test_(\w+)\(void\)", (CDIR / "test_arena.c").read_text(), re.M
+    )
+    assert sorted(listed) == sorted(defined)
+    assert listed == _c_test_names("test_arena.c")
+    assert len(listed) >= 20
+
+
+def _fuzz_slots(fuzzer: Path, tmp_path: Path, args: list[str], timeout: float) -> dict[str, float]:
+    """Run the slot fuzzer; return its closing statistics after checking it ran clean."""
+    proc = _run([str(fuzzer), *args], timeout=timeout, cwd=tmp_path)
+    crashes = sorted(p.name for p in tmp_path.glob("fuzz-crash-*.bin"))
+    _assert_clean(proc, f"fuzz_slots {' '.join(args)} (saved inputs: {crashes})")
+    last = proc.stdout.strip().splitlines()[-1].split()
+    stats = {k: float(v) for k, v in zip(last[::2], last[1::2], strict=True)}
+    # Every outcome of the protocol was reached.
+    for key in ("allocs", "releases", "bad_releases", "enospc", "efbig", "einval", "resets"):
+        assert stats.get(key, 0) > 0, f"fuzz run never reached {key}: {last}"
+    return stats
+
+
+@pytest.mark.timeout(120)
+def test_fuzz_slots_fixed_seed(slots_fuzzer: Path, tmp_path: Path) -> None:
+    """A short, repeatable run of the slot protocol against its model."""
+    stats = _fuzz_slots(
+        slots_fuzzer, tmp_path, ["--seed", "20261206", "--iterations", "1500"], timeout=100
+    )
+    assert stats["runs"] == 1500
+
+
+@pytest.mark.soak
+@pytest.mark.timeout(FUZZ_SECONDS + 180)
+def test_fuzz_slots(slots_fuzzer: Path, tmp_path: Path) -> None:
+    """Fuzz the slot protocol for PYEXEC_FUZZ_SECONDS (20 s by default) from a fresh seed."""
+    seed = int(os.environ.get("PYEXEC_FUZZ_SEED") or random.randrange(1 << 32))
+    args = ["--seed", str(seed), "--seconds", str(FUZZ_SECONDS)]
+    stats = _fuzz_slots(slots_fuzzer, tmp_path, args, timeout=FUZZ_SECONDS + 150)
+    assert stats["runs"] >= 100, f"seed {seed}: only {stats['runs']} runs"
 
 
 @pytest.mark.timeout(120)

@@ -20,7 +20,7 @@ from cffi import FFI
 PKG = Path(__file__).resolve().parent
 ROOT = PKG.parent.parent  # the project: src/pyexec/ and csrc/
 CSRC = ROOT / "csrc"
-SOURCES = ["frame.c", "io.c", "wait.c"]
+SOURCES = ["frame.c", "io.c", "wait.c", "arena.c"]
 # Included by wait.c rather than compiled on their own; part of the hash.
 INCLUDED = ["wait_epoll.c", "wait_poll.c"]
 HEADER = CSRC / "pyexec.h"
@@ -68,6 +68,9 @@ def make_ffi(
         define_macros=[("PX_BUILD_STAMP", f'"{stamp}"'), ("_GNU_SOURCE", "1")],
         extra_compile_args=["-O2", "-std=c99", "-Wall", "-Wextra", *(extra_compile_args or [])],
         extra_link_args=list(extra_link_args or []),
+        # shm_open (arena.c's fallback where memfd_create is missing) lives in librt
+        # before glibc 2.34, as in the manylinux2014 images; a stub library after.
+        libraries=["rt"] if sys.platform.startswith("linux") else [],
         py_limited_api=True,
     )
     return ffi
