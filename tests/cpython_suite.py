@@ -41,6 +41,7 @@ import json
 import os
 import pkgutil
 import sys
+import threading
 import time
 import traceback
 import unittest
@@ -172,6 +173,7 @@ class _Result(unittest.TestResult):
         self._out = out
         self._timeout = per_test_timeout
         self._outcome: tuple[str, str] | None = None
+        self._threads: set[threading.Thread] = set()
         self._t0 = 0.0
 
     def _write(self, record: dict) -> None:
@@ -186,6 +188,7 @@ class _Result(unittest.TestResult):
     def startTest(self, test) -> None:
         super().startTest(test)
         self._outcome = None
+        self._threads = set(threading.enumerate())
         self._t0 = time.monotonic()
         self._write({"event": "start", "key": key_of(test)})
         faulthandler.dump_traceback_later(self._timeout, exit=True, file=sys.stderr)
@@ -196,10 +199,15 @@ class _Result(unittest.TestResult):
         self._write({"key": key_of(test), "outcome": outcome, "detail": detail, "seconds": seconds})
         super().stopTest(test)
         if outcome in ("fail", "error"):
-            # A failed test may leave its pool in a reference cycle through the
-            # traceback; collect it now (pyexec shuts a collected pool down) so
-            # its live workers do not hang a later module fixture.
+            # A failed test may skip its own executor.shutdown() and leave the
+            # pool in a reference cycle through the traceback. Collect it now
+            # (pyexec shuts a collected pool down) and wait for the threads the
+            # test started: else its live workers can hang a module fixture,
+            # and its manager thread, ending during a later test, makes that
+            # test's threading_cleanup() wait and warn.
             gc.collect()
+            for t in set(threading.enumerate()) - self._threads:
+                t.join(timeout=10)
         # Still armed between tests: a module fixture can hang too (waiting on
         # the resource tracker, say).
         faulthandler.dump_traceback_later(self._timeout, exit=True, file=sys.stderr)
