@@ -96,9 +96,13 @@ def _redirect_scripts(module) -> None:
     if original is None:
         return
 
+    replacement = _PYEXEC_IMPORT
+    if os.environ.get(ENV_DIR):  # the child (run with -I) must find the tests there too
+        replacement += f"; import test; test.__path__.append({os.environ[ENV_DIR]!r})"
+
     def assert_python_ok(*args, **env):
         args = tuple(
-            a.replace(_STDLIB_IMPORT, _PYEXEC_IMPORT) if isinstance(a, str) else a for a in args
+            a.replace(_STDLIB_IMPORT, replacement) if isinstance(a, str) else a for a in args
         )
         # A script naming the executor must now name pyexec's: if the stdlib
         # test changes its import, fail here rather than test the stdlib.
@@ -287,6 +291,10 @@ def main(argv: list[str] | None = None) -> int:
             only = json.load(f)
     return run(args.method, args.out, only, args.per_test_timeout)
 
+
+# At import, not in main(): workers started by spawn or forkserver import this
+# module as their __main__ and must find the tests' functions where the parent did.
+_extend_test_path()
 
 if __name__ == "__main__":
     sys.exit(main())
