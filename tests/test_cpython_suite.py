@@ -66,44 +66,15 @@ if os.environ.get("PYEXEC_CPYTHON_TESTS"):  # tests copied from elsewhere (cpyth
             "cannot import the copied test module"
         )
 
-_UNPICKLE = (
-    "issue 14: where the stdlib breaks the pool with BrokenProcessPool, pyexec fails only "
-    "the call with {exc}; wanted: keep that, but make the exception a BrokenProcessPool too"
-)
 KNOWN_FAILING: dict[str, str] = {
     "ProcessPoolExecutorTest.test_free_reference": (
         "issue 14: map's result iterator keeps a reference to results already yielded (bpo-14406)"
-    ),
-    # Under fork, where the first worker is forked at the first submit, some
-    # calls reach it in time in about 3 runs out of 8: see KNOWN_FLAKY.
-    "ProcessPoolShutdownTest.test_cancel_futures[forkserver]": (
-        "issue 14: shutdown(cancel_futures=True) right after 50 submits cancels all 50: "
-        "no call has reached a worker yet (the stdlib hands the first ones over at once)"
-    ),
-    "ProcessPoolShutdownTest.test_cancel_futures[spawn]": (
-        "issue 14: shutdown(cancel_futures=True) right after 50 submits cancels all 50: "
-        "no call has reached a worker yet (the stdlib hands the first ones over at once)"
-    ),
-    "ExecutorDeadlockTest.test_error_at_task_unpickle": _UNPICKLE.format(exc="UnpicklingError"),
-    "ExecutorDeadlockTest.test_exit_at_task_unpickle": _UNPICKLE.format(
-        exc="UnpicklingError (carrying the SystemExit)"
-    ),
-    "ExecutorDeadlockTest.test_error_during_result_unpickle_in_result_handler": _UNPICKLE.format(
-        exc="UnpicklingError"
-    ),
-    "ExecutorDeadlockTest.test_exit_during_result_unpickle_in_result_handler": _UNPICKLE.format(
-        exc="UnpicklingError (carrying the SystemExit)"
     ),
 }
 
 # Known bugs whose test passes now and then by timing: a non-strict xfail (a
 # strict one would flake). Once fixed, the test passes every time: remove it.
-KNOWN_FLAKY: dict[str, str] = {
-    "ProcessPoolShutdownTest.test_cancel_futures[fork]": (
-        "issue 14: as under forkserver and spawn, but the first worker, forked at the first "
-        "submit, sometimes takes a few calls before shutdown; fails about 5 runs in 8"
-    ),
-}
+KNOWN_FLAKY: dict[str, str] = {}
 
 BY_DESIGN: dict[str, str] = {
     "ProcessPoolExecutorTest.test_max_tasks_per_child[fork]": (

@@ -136,7 +136,9 @@ def test_hostile_fails_only_its_future(ctx, where, mode, api):
         pid = _worker_pid(ex)
         exc = _hostile_outcome(ex, api, where, mode)
         assert exc is not None
-        assert not isinstance(exc, BrokenProcessPool), exc
+        # An unpickling fault is also a BrokenProcessPool, which the stdlib raises
+        # there (breaking the pool); pyexec's pool is not broken (checked below).
+        assert isinstance(exc, BrokenProcessPool) == where.endswith("-unpickle"), repr(exc)
         if where == "result-unpickle":
             # Raised in the parent: wrapped, and says which call's result failed.
             assert isinstance(exc, pickle.UnpicklingError), repr(exc)

@@ -7,6 +7,7 @@ opt-in features raise subclasses of standard exceptions for the same reason.
 
 from __future__ import annotations
 
+import pickle
 import signal
 from concurrent.futures import CancelledError
 from concurrent.futures.process import BrokenProcessPool
@@ -14,6 +15,7 @@ from concurrent.futures.process import BrokenProcessPool
 __all__ = [
     "BROKEN_PREFIX",
     "BrokenProcessPool",
+    "CallUnpicklingError",
     "TaskTerminated",
     "TaskTimeout",
     "WorkerDied",
@@ -52,6 +54,15 @@ class WorkerDied(BrokenProcessPool):
 
     def __reduce__(self):
         return (type(self), (self.args[0] if self.args else "", self.pid, self.exitcode))
+
+
+class CallUnpicklingError(pickle.UnpicklingError, BrokenProcessPool):
+    """One call's function, arguments, result or exception could not be unpickled.
+
+    Only that call fails and the pool keeps working; the exception is also a
+    BrokenProcessPool, which the standard library raises there (breaking its pool),
+    so code written for the standard library still catches it.
+    """
 
 
 class TaskTimeout(TimeoutError):

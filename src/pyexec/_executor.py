@@ -372,9 +372,21 @@ class ProcessPoolExecutor(Executor):
             mgr.join()
 
     def _cancel_pending(self) -> None:
+        """Cancel what is pending, but for what the stdlib's call queue would hold.
+
+        The stdlib moves up to max_workers + 1 calls to its call queue, marked
+        running, as soon as they are submitted; shutdown(cancel_futures=True)
+        leaves those to run. So does pyexec, counting the calls its workers hold.
+        """
+        mgr = self._mgr
+        held = sum(len(w.inflight) for w in list(mgr.workers)) if mgr is not None else 0
+        room = self._max_workers + 1 - held
         keep = []
         for task in drain_pending(self._pending, self._lock, self._ids):
-            if not task.cancel():
+            if room > 0 and task.start():
+                keep.append(task)
+                room -= 1
+            elif not task.cancel():
                 keep.append(task)  # already running (requeued after a restart)
         self._pending.extendleft(reversed(keep))
 

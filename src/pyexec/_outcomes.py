@@ -26,6 +26,7 @@ from . import _frames as frames
 from ._errors import (
     BROKEN_PREFIX,
     BrokenProcessPool,
+    CallUnpicklingError,
     TaskTerminated,
     TaskTimeout,
     WorkerDied,
@@ -109,7 +110,7 @@ class Outcomes:
                             obj = marshal_loads(buf) if word & MARSHAL else loads(buf)
                         except BaseException as err:
                             what = "result" if kind == KIND_RESULT else "exception"
-                            exc = pickle.UnpicklingError(
+                            exc = CallUnpicklingError(
                                 f"the {what} of call {tid} could not be unpickled: {err!r}"
                             )
                             exc.__cause__ = err

@@ -22,6 +22,7 @@ from time import monotonic
 from typing import Any
 
 from . import _frames as frames
+from ._errors import CallUnpicklingError
 from ._native import lib, rss
 
 # A result is held back to leave in one write with the next ones only when its
@@ -237,7 +238,7 @@ def _load_args(loads, data, tid: int):
     try:
         return loads(data)
     except BaseException as exc:  # SystemExit from a __reduce__ included
-        raise pickle.UnpicklingError(
+        raise CallUnpicklingError(
             f"the function or arguments of call {tid} could not be unpickled in worker "
             f"pid {os.getpid()}: {exc!r}"
         ) from exc
