@@ -146,3 +146,52 @@ def test_kill_after_the_call_finished_does_not_run_the_next_twice(ctx, tmp_path)
     runs = _runs(log)
     twice = sorted(int(k) for k, n in runs.items() if n > 1)
     assert not twice, f"calls ran twice: {twice} (runs: {dict(runs)})"
+
+
+# ---- 4. a deadline that does not fire ----------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 14.4: result()'s help reads the deadline call's STARTED frame and sets "
+    "its t0, but the manager sleeps on with the timeout it computed before (None)",
+)
+@pytest.mark.timeout(120)
+def test_deadline_fires_when_result_reads_its_start(ctx):
+    """A call with a deadline queued behind one that result() waits for: the result()
+    reads the deadline call's start too; the deadline must still fire.
+
+    A thread spinning in Python holds the GIL for 20 ms at a time: when result()
+    wakes on the first call's result, it waits that long for the GIL, and the
+    worker has meanwhile sent the next call's start (as a loaded machine does)."""
+    with pyexec.ProcessPoolExecutor(1, mp_context=ctx) as ex:
+        list(ex.map(tiny, range(500)))  # the window grows past one call
+        assert ex.submit(tiny, 1).result(timeout=30) == 1
+        slow = None
+        for _ in range(5):  # slow must queue behind first in the worker's window
+            time.sleep(0.1)  # the manager sleeps: first goes straight to the worker
+            first = ex.submit(sleep_for, 0.3)
+            slow = ex.schedule(sleep_for, (30,), timeout=0.5)
+            time.sleep(0.05)
+            if ex.stats().running == 2:
+                break
+            ex.terminate_task(slow)
+            cf.wait([first, slow], timeout=60)
+        else:
+            pytest.fail("the deadline call never queued behind the first in 5 rounds")
+        stop = threading.Event()
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(0.02)
+        spinner = threading.Thread(target=lambda: [None for _ in iter(stop.is_set, True)])
+        spinner.start()
+        try:
+            assert first.result(timeout=30) == 0.3
+        finally:
+            stop.set()
+            spinner.join()
+            sys.setswitchinterval(interval)
+        try:
+            # generous: 20x the deadline
+            assert isinstance(slow.exception(timeout=10), pyexec.TaskTimeout)
+        finally:
+            ex.terminate_task(slow)
