@@ -195,3 +195,61 @@ def test_deadline_fires_when_result_reads_its_start(ctx):
             assert isinstance(slow.exception(timeout=10), pyexec.TaskTimeout)
         finally:
             ex.terminate_task(slow)
+
+
+# ---- 6f. a hung worker strands the calls queued behind its call --------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 14.6f: calls queued in a hung worker's window stay there while "
+    "another worker idles",
+)
+@pytest.mark.timeout(120)
+def test_calls_queued_behind_a_hung_call_run_elsewhere(ctx):
+    """One call never returns; the 40 tiny calls submitted with it must all run
+    (the other worker is idle), as the standard library runs them."""
+    with pyexec.ProcessPoolExecutor(2, mp_context=ctx) as ex:
+        cf.wait([ex.submit(sleep_for, 0.2) for _ in range(2)], timeout=60)  # both up
+        list(ex.map(tiny, range(2000)))  # tiny calls: the windows grow
+        hung = ex.submit(sleep_for, 60)
+        calls = [ex.submit(tiny, i) for i in range(40)]
+        try:
+            _, not_done = cf.wait(calls, timeout=10)  # they take ms: 10 s is 1000x
+            assert len(not_done) == 0, "calls stranded behind the hung one"
+        finally:
+            ex.terminate_task(hung)
+
+
+# ---- 6g. a grandchild holds shutdown() for its whole life ----------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 14.6g: a worker's exit is seen only through its result pipe's EOF, "
+    "which a grandchild that inherited the pipe keeps open",
+)
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_shutdown_does_not_wait_for_a_grandchild(method, tmp_path):
+    """A call forks a grandchild that sleeps 30 s holding the worker's fds: shutdown()
+    must return once the worker has exited (within a few seconds), as the stdlib's does.
+
+    Not forkserver: there the sentinel comes from the fork server, and it passes."""
+    ctx = multiprocessing.get_context(method)
+    pidfile = tmp_path / "grandchild"
+    ex = pyexec.ProcessPoolExecutor(1, mp_context=ctx)
+    grandchild = None
+    try:
+        grandchild = ex.submit(leave_grandchild, str(pidfile), 30).result(timeout=60)
+        t = threading.Thread(target=ex.shutdown)
+        t.start()
+        t.join(10)  # the stdlib takes 0.06 s
+        held = t.is_alive()
+    finally:
+        if grandchild is None and pidfile.exists():
+            grandchild = int(pidfile.read_text())
+        if grandchild is not None:
+            _kill_quietly(grandchild)  # lets a held shutdown() return
+        ex.shutdown()
+    assert not held, "shutdown() waited for the grandchild"
