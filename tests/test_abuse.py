@@ -253,3 +253,73 @@ def test_shutdown_does_not_wait_for_a_grandchild(method, tmp_path):
             _kill_quietly(grandchild)  # lets a held shutdown() return
         ex.shutdown()
     assert not held, "shutdown() waited for the grandchild"
+
+
+# ---- 6a. shutdown(wait=True) from a signal handler during result() --------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 14.6a: result()'s help holds dispatch_lock while the handler's "
+    "shutdown waits for the manager, which waits for dispatch_lock",
+)
+@pytest.mark.timeout(120)
+def test_sigterm_handler_shutdown_during_result(method):
+    """A SIGTERM handler that calls shutdown(wait=True) while the main thread waits in
+    result(): the stdlib's returns in under a second; this one must too (20 s bound)."""
+    rc, out, err = _run_script("sigterm_shutdown.py", method, timeout=20)
+    assert rc is not None, f"deadlocked (killed after 20 s); stderr: {err[-2000:]}"
+    assert rc == 0 and "shut down" in out, (rc, out, err[-2000:])
+
+
+# ---- 6b. an exception from a signal handler inside result() loses calls ---------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 14.6b: a KeyboardInterrupt inside result()'s help loses the results "
+    "it read (decoded into a local list, or read and not decoded) or fails them",
+)
+@pytest.mark.timeout(120)
+def test_interrupted_result_loses_no_call(method):
+    """result() interrupted at random moments by a KeyboardInterrupt from a signal
+    handler: every call must still settle, with its own result."""
+    rc, out, err = _run_script("kbint_result.py", method, "10", timeout=60)
+    assert rc is not None, f"hung (killed after 60 s); stdout: {out[-2000:]}"
+    assert rc == 0 and out.startswith("ok"), (rc, out[-2000:], err[-2000:])
+
+
+# ---- 6c. two threads create fork pools at once ------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 14.6c: _start parks and unparks other pools' managers without a lock",
+)
+@pytest.mark.timeout(120)
+def test_two_threads_create_fork_pools_at_once():
+    """Pools created by two threads at the same moment, 30 times, beside a busy pool."""
+    rc, out, err = _run_script("two_threads_fork_pools.py", "30", timeout=60)
+    assert rc is not None, f"hung (killed after 60 s); stdout: {out[-2000:]}"
+    assert rc == 0 and out.startswith("ok"), (rc, out[-2000:], err[-2000:])
+
+
+# ---- 6e. a restart storm -------------------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 14.6e: on_crash='restart' replaces a worker whose initializer kills "
+    "it without backoff or limit",
+)
+@pytest.mark.timeout(120)
+def test_restart_storm_is_bounded(method, tmp_path):
+    """An initializer that calls os._exit under on_crash="restart": a bounded number
+    of worker starts, and the call fails with a clear error (BrokenProcessPool)."""
+    log = tmp_path / "starts"
+    rc, out, err = _run_script("restart_storm.py", method, str(log), timeout=60)
+    assert rc is not None, f"hung (killed after 60 s); stdout: {out[-2000:]}"
+    assert rc == 0, (rc, out[-2000:], err[-2000:])
+    starts = int(out.split("starts=")[1].split()[0])
+    assert starts <= 50, f"{starts} workers started in 10 s"
+    assert "BrokenProcessPool" in out, out

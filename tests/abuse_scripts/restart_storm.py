@@ -1,0 +1,31 @@
+"""Issue 14.6e: on_crash="restart" with an initializer that kills its worker: the
+pool must not replace workers without end. Runs one call for at most 10 s, then
+prints how many workers started and what the call raised.
+
+usage: restart_storm.py START_METHOD LOGFILE
+"""
+
+import concurrent.futures as cf
+import multiprocessing
+import os
+import sys
+
+import pyexec
+from abuse_funcs import log_start_then_exit, tiny
+
+if __name__ == "__main__":
+    ctx = multiprocessing.get_context(sys.argv[1])
+    log = sys.argv[2]
+    ex = pyexec.ProcessPoolExecutor(
+        2, mp_context=ctx, on_crash="restart", initializer=log_start_then_exit, initargs=(log,)
+    )
+    f = ex.submit(tiny, 1)
+    try:
+        exc = f.exception(timeout=10)
+        outcome = repr(exc)
+    except cf.TimeoutError:
+        outcome = "no outcome in 10 s"
+    ex.kill_workers()
+    ex.shutdown(wait=True)
+    starts = len(open(log).read().split()) if os.path.exists(log) else 0
+    print(f"starts={starts} outcome={outcome}", flush=True)
