@@ -1,6 +1,6 @@
 """Issue 14.6e: on_crash="restart" with an initializer that kills its worker: the
-pool must not replace workers without end. Runs one call for at most 10 s, then
-prints how many workers started and what the call raised.
+pool must not replace workers without end. Submits 20 calls, waits 5 s, then
+prints how many workers started and what a new call raises then.
 
 usage: restart_storm.py START_METHOD LOGFILE
 """
@@ -9,6 +9,7 @@ import concurrent.futures as cf
 import multiprocessing
 import os
 import sys
+import time
 
 import pyexec
 from abuse_funcs import log_start_then_exit, tiny
@@ -19,12 +20,14 @@ if __name__ == "__main__":
     ex = pyexec.ProcessPoolExecutor(
         2, mp_context=ctx, on_crash="restart", initializer=log_start_then_exit, initargs=(log,)
     )
-    f = ex.submit(tiny, 1)
+    futures = [ex.submit(tiny, i) for i in range(20)]
+    time.sleep(5)
     try:
-        exc = f.exception(timeout=10)
-        outcome = repr(exc)
+        outcome = repr(ex.submit(tiny, 1).exception(timeout=10))
     except cf.TimeoutError:
         outcome = "no outcome in 10 s"
+    except Exception as exc:
+        outcome = repr(exc)
     ex.kill_workers()
     ex.shutdown(wait=True)
     starts = len(open(log).read().split()) if os.path.exists(log) else 0
