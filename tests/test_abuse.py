@@ -11,8 +11,8 @@ when the timeout passes: a hang fails the test instead of the suite.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import os
 import multiprocessing
+import os
 import random
 import signal
 import subprocess
@@ -29,7 +29,6 @@ from abuse_funcs import (
     break_marshal,
     give,
     leave_grandchild,
-    log_start_then_exit,
     sleep_for,
     tiny,
 )

@@ -15,9 +15,9 @@ import signal
 import sys
 import time
 
-import pyexec
 from abuse_funcs import tiny
 
+import pyexec
 
 armed = False
 

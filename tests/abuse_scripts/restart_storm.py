@@ -11,8 +11,9 @@ import os
 import sys
 import time
 
-import pyexec
 from abuse_funcs import log_start_then_exit, tiny
+
+import pyexec
 
 if __name__ == "__main__":
     ctx = multiprocessing.get_context(sys.argv[1])

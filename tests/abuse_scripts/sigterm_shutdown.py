@@ -12,8 +12,9 @@ import sys
 import threading
 import time
 
-import pyexec
 from abuse_funcs import sleep_for, tiny
+
+import pyexec
 
 if __name__ == "__main__":
     cls = pyexec.ProcessPoolExecutor

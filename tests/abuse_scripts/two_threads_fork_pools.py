@@ -8,8 +8,9 @@ import multiprocessing
 import sys
 import threading
 
-import pyexec
 from abuse_funcs import tiny
+
+import pyexec
 
 if __name__ == "__main__":
     ctx = multiprocessing.get_context("fork")
