@@ -107,7 +107,7 @@ def test_no_call_runs_twice_under_deadlines_and_terminate(tmp_path):
             for f in rng.sample(futures, 6):
                 time.sleep(rng.choice((0.0, 0.001, 0.003)))
                 ex.terminate_task(f)
-            done, not_done = cf.wait(futures, timeout=60)
+            _, not_done = cf.wait(futures, timeout=60)
             assert not not_done, f"{len(not_done)} calls never finished"
     runs = _runs(log)
     twice = sorted(int(k) for k, n in runs.items() if n > 1)

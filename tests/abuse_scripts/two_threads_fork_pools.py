@@ -20,7 +20,7 @@ if __name__ == "__main__":
         for r in range(rounds):
             barrier = threading.Barrier(2)
 
-            def make(i):
+            def make(i, barrier=barrier):
                 try:
                     barrier.wait()
                     with pyexec.ProcessPoolExecutor(1, mp_context=ctx) as ex:
