@@ -18,6 +18,7 @@ import time
 
 import pytest
 from api_funcs import (
+    CustomError,
     add,
     add3,
     getpid,
@@ -193,8 +194,11 @@ def test_map_exception_raised_at_its_item(ctx, method):
             return first
 
     got = side_by_side(scenario, stdlib=method == "fork")
-    assert got["pyexec"] == got.get("stdlib", got["pyexec"])
-    assert got["pyexec"][1].__name__ == "CustomError"
+    # What the stdlib gives (checked side by side under fork), stated for every method:
+    # under the others only pyexec runs, and comparing it with itself proved nothing.
+    expected = ("err", CustomError, (1,))
+    assert got.get("stdlib", expected) == expected
+    assert got["pyexec"] == expected
 
 
 @pytest.mark.timeout(60)

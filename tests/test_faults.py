@@ -455,7 +455,8 @@ def test_os_exit_in_initializer(ctx, tmp_path):
     try:
         exc = ex.submit(ff.square, 3).exception(timeout=30)
         pids = ff.read_pids(path, 1)
-        _assert_broken(exc, pids[0] if pids else None, "exit code 4")
+        assert pids, "the initializer never wrote its pid: the pid in the message went unchecked"
+        _assert_broken(exc, pids[0], "exit code 4")
     finally:
         ex.shutdown(wait=True)
 
