@@ -150,11 +150,6 @@ def test_kill_after_the_call_finished_does_not_run_the_next_twice(ctx, tmp_path)
 # ---- 4. a deadline that does not fire ----------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 14.4: result()'s help reads the deadline call's STARTED frame and sets "
-    "its t0, but the manager sleeps on with the timeout it computed before (None)",
-)
 @pytest.mark.timeout(120)
 def test_deadline_fires_when_result_reads_its_start(ctx):
     """A call with a deadline queued behind one that result() waits for: the result()
