@@ -295,17 +295,33 @@ LATENESS_RUNS = 20
 LATENESS_TIMEOUT = 0.3
 
 
-@pytest.mark.timeout(90)
-def test_deadline_lateness(ctx, tmp_path):
-    """20 deadline kills: each future is done soon after (start in the worker + timeout).
+@pytest.fixture(params=[False, True], ids=["quiet", "busy"])
+def other_core(request):
+    """ "busy": a process spinning on the CPU for the whole test (started here and
+    stopped by its pid), as when the machine's other core is taken."""
+    if not request.param:
+        yield False
+        return
+    import subprocess
+    import sys
 
-    Measured on the shared 2-core machine (docs/EXTRAS.md): medians 4-26 ms,
-    maxima 14-554 ms (load), minima down to -26 ms (the parent's clock starts
-    when it writes the call, a little before the worker reads it). The bounds
-    are wide for a noisy machine: not later than 1 s, not earlier than 100 ms
-    before the call had its full timeout (a worker's start-up counted against
-    the deadline made it 70-180 ms early; test_deadline_does_not_count_worker_startup
-    checks that exactly).
+    spin = subprocess.Popen([sys.executable, "-c", "while 1: pass"])
+    try:
+        yield True
+    finally:
+        spin.kill()
+        spin.wait(10)
+
+
+@pytest.mark.timeout(90)
+def test_deadline_lateness(ctx, tmp_path, other_core):
+    """20 deadline kills: each future is done soon after (start in the worker + timeout),
+    also with another process keeping a core busy (README: "How late a deadline fires").
+
+    Measured on the shared 2-core machine (README): medians 2-21 ms, maxima up to
+    418 ms (load), minima down to -92 ms (see below). The bounds are wide for a
+    noisy machine: not later than 1 s (the README's promise), and not earlier than
+    0.5 s before the call's own first line plus its timeout.
     """
     done: dict[int, float] = {}
     futures = []
@@ -324,12 +340,18 @@ def test_deadline_lateness(ctx, tmp_path):
         done[i] - (_start_time(tmp_path / str(i)) + LATENESS_TIMEOUT) for i in range(LATENESS_RUNS)
     ]
     print(
-        f"\n{ctx.get_start_method()}: deadline lateness over {LATENESS_RUNS} kills: "
+        f"\n{ctx.get_start_method()}{' (busy)' if other_core else ''}: deadline lateness "
+        f"over {LATENESS_RUNS} kills: "
         f"median {statistics.median(late) * 1e3:.1f} ms, max {max(late) * 1e3:.1f} ms, "
         f"min {min(late) * 1e3:.1f} ms"
     )
     assert max(late) < 1.0, sorted(late)
-    assert min(late) > -0.1, f"a call was killed before its timeout had elapsed: {sorted(late)}"
+    # The parent's clock starts when it decodes the worker's STARTED frame, which the
+    # worker sends just before it calls fn; a worker descheduled between the two
+    # (seen: 92 ms, with a core busy and the machine loaded 3x over) makes the call's
+    # own first line later than the deadline's start. Killing before the start was
+    # reported is checked exactly by test_deadline_does_not_count_worker_startup.
+    assert min(late) > -0.5, f"a call was killed before its timeout had elapsed: {sorted(late)}"
 
 
 # ---- 3. terminate_task ------------------------------------------------------------
