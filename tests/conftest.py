@@ -1,6 +1,7 @@
 """Shared fixtures: every start method, and a leak check around every test.
 
-After each test no child process, thread or fd may be left behind. The
+After each test no child process, thread, fd or shared-memory segment may be
+left behind. The
 forkserver and the resource tracker are started once for the session (they
 are shared by every pool in the process, as in the standard library), so they
 are part of the baseline, not leaks.
@@ -48,6 +49,17 @@ def _fds() -> set[int]:
     }
 
 
+SHM = "/dev/shm"
+
+
+def _segments() -> set[str]:
+    """Named shared memory this project makes: pyexec's own segments (memfds have no
+    name; the shm_open fallback unlinks its name at once) and multiprocessing's."""
+    if not os.path.isdir(SHM):
+        return set()
+    return {n for n in os.listdir(SHM) if n.startswith(("pyexec-", "psm_"))}
+
+
 def _children() -> set[int]:
     """This process's live descendants (a zombie, or one gone meanwhile, is not)."""
     out = set()
@@ -72,11 +84,12 @@ def _settle(check, timeout: float = 10.0):
 
 @pytest.fixture(autouse=True)
 def no_leaks(request):
-    """Fail a test that leaves a child process, a thread or an fd behind."""
+    """Fail a test that leaves a child process, a thread, an fd or a segment behind."""
     if request.node.get_closest_marker("allow_leaks"):
         yield
         return
     children, threads, fds = _children(), set(threading.enumerate()), _fds()
+    segments = _segments()
     yield
     import gc
 
@@ -95,6 +108,9 @@ def no_leaks(request):
     leaked = _settle(lambda: _fds() - fds, timeout=2.0)
     if leaked:
         pytest.fail(f"test left fds open: {sorted(leaked)}")
+    shm = _settle(lambda: _segments() - segments, timeout=2.0)
+    if shm:
+        pytest.fail(f"test left shared memory in {SHM}: {sorted(shm)}")
 
 
 def pytest_configure(config):
