@@ -622,3 +622,29 @@ def test_arguments_are_checked(client):
     with DaskExecutor(client=client) as ex:
         with pytest.raises(ValueError):
             ex.schedule(df.square, (1,), timeout=-1)
+
+
+# ---- the bench rows ---------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_bench_dask_rows(tmp_path):
+    """`python -m pyexec.bench --workloads dask-submit,dask-map`: both executors, sane figures."""
+    import json
+    import math
+
+    out = tmp_path / "out.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pyexec.bench", "--workloads", "dask-submit,dask-map",
+         "--size", "0.05", "--repeats", "1", "--json", str(out), "--run-timeout", "60"],
+        capture_output=True, text=True, timeout=110, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert doc["meta"]["pools"] == ["pyexec.dask", "dask.get_executor"]
+    for row in ("dask-submit", "dask-map"):
+        for pool, res in doc["results"][row].items():
+            assert res["errors"] == [], (row, pool)
+            assert math.isfinite(res["median"]) and res["median"] > 0, (row, pool)
+        assert doc["results"][row]["dask.get_executor"]["speedup"] == 1.0
+    assert "dask-map (50), chunksize 100" in proc.stdout

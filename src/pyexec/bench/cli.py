@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pyexec.bench.floor import floor_program, pipe_floor
-from pyexec.bench.pools import ALIASES, BASELINE, POOLS, available, version_of
+from pyexec.bench.pools import ALIASES, BASELINE, POOL_CLASSES, POOLS, available, version_of
 from pyexec.bench.report import plot, table
 from pyexec.bench.workloads import (
     DEFAULT_WORKLOADS,
@@ -286,18 +286,24 @@ def main(argv: list[str] | None = None) -> int:
         if args.plot:
             plot(doc, args.plot)
         return 0
+    workloads = _names(args.workloads, WORKLOADS, "workload", GROUPS)
+    own = [WORKLOADS[w].pools for w in workloads]
     if args.pools is None:
-        pools = [p for p in POOLS if available(p)]
+        # Every pool that is not opt-in, unless every row asked for names its pools (dask-*);
+        # and the opt-in pools of the rows that name them.
+        pools = [] if all(own) else [p for p in POOLS if available(p) and POOL_CLASSES[p].default]
+        for names in own:
+            pools += [p for p in names or () if p not in pools]
     else:
         pools = _names(args.pools, POOLS, "pool")
         missing = [p for p in pools if not available(p)]
         if missing:
             raise SystemExit(f"not installed: {', '.join(missing)} (pip install 'pyexec[bench]')")
-    if BASELINE not in pools:
-        pools.append(BASELINE)  # every ratio is to it
+    if BASELINE not in pools and not all(own):
+        pools.append(BASELINE)  # every ratio is to it (rows with their own pools have theirs)
     cfg = Config(
         pools=pools,
-        workloads=_names(args.workloads, WORKLOADS, "workload", GROUPS),
+        workloads=workloads,
         workers=args.workers,
         method=args.start_method or multiprocessing.get_start_method(),
         size=args.size,

@@ -29,6 +29,8 @@ class Pool:
     name = ""
     # The package it needs beyond the standard library and pyexec (None: none).
     module: str | None = None
+    # In the run without --pools (False: only for the rows that name it in their ``pools``).
+    default = True
 
     def __init__(self, workers: int, method: str) -> None:
         self.workers = workers
@@ -160,9 +162,66 @@ class PebblePool(Pool):
         self.p.join()
 
 
+class _LocalDask(Pool):
+    """A fresh LocalCluster per pool (loopback, ``workers`` processes of one thread, no
+    dashboard); the start method does not apply (Dask's nannies start the workers)."""
+
+    module = "distributed"
+    default = False
+
+    def __init__(self, workers: int, method: str) -> None:
+        super().__init__(workers, method)
+        import distributed
+
+        self.cluster = distributed.LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            host="127.0.0.1",
+            dashboard_address=None,
+            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+        )
+        self.client = distributed.Client(self.cluster, set_as_default=False)
+
+    def close(self) -> None:
+        self.p.shutdown(wait=True)
+        self.client.close()
+        self.cluster.close()
+
+
+class DaskExecutorPool(_LocalDask):
+    """pyexec.dask.DaskExecutor (the dask-* rows)."""
+
+    name = "pyexec.dask"
+
+    def __init__(self, workers: int, method: str) -> None:
+        super().__init__(workers, method)
+        from pyexec.dask import DaskExecutor
+
+        self.p = DaskExecutor(client=self.client)
+
+
+class DaskClientExecutorPool(_LocalDask):
+    """Dask's own ``Client.get_executor()`` (the baseline of the dask-* rows)."""
+
+    name = "dask.get_executor"
+
+    def __init__(self, workers: int, method: str) -> None:
+        super().__init__(workers, method)
+        self.p = self.client.get_executor()
+
+
 # In the order of the table's columns.
 POOL_CLASSES: dict[str, type[Pool]] = {
-    c.name: c for c in (PyexecPool, StdlibPool, MpPool, LokyPool, PebblePool)
+    c.name: c
+    for c in (
+        PyexecPool,
+        StdlibPool,
+        MpPool,
+        LokyPool,
+        PebblePool,
+        DaskExecutorPool,
+        DaskClientExecutorPool,
+    )
 }
 POOLS = tuple(POOL_CLASSES)
 

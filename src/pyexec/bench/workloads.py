@@ -57,6 +57,11 @@ SWEEP_SIZES = (64 << 10, 256 << 10, 1 * MiB, 4 * MiB, 16 * MiB, 64 * MiB)
 SWEEP_VOLUME = 256 * MiB
 SWEEP_MAX_TRIPS = 400
 NUMPY = ("numpy", "needs numpy: pip install 'pyexec[bench]' (or pip install numpy)")
+# The dask-* rows: DaskExecutor against Client.get_executor(), each on a fresh LocalCluster.
+DASK = ("distributed", "needs distributed: pip install 'pyexec[dask]'")
+DASK_POOLS = ("pyexec.dask", "dask.get_executor")
+# dask-map's chunksize (Client.get_executor().map ignores it: one task per item).
+DASK_CHUNK = 100
 
 
 def identity(x: Any) -> Any:
@@ -250,6 +255,15 @@ def run_map_unordered(pool: Pool, n: int) -> float:
     return elapsed
 
 
+def run_dask_map(pool: Pool, n: int) -> float:
+    """map over n items with chunksize DASK_CHUNK: items per second."""
+    t0 = time.perf_counter()
+    out = list(pool.map(identity, range(n), DASK_CHUNK))
+    elapsed = time.perf_counter() - t0
+    _check(out == list(range(n)), "dask-map")
+    return n / elapsed
+
+
 def _unordered_applies(pool: str) -> str | None:
     return POOL_CLASSES[pool].unordered_missing()
 
@@ -295,6 +309,9 @@ class Workload:
     value: str = "items_per_s"
     # "process" rows: the SLOW_AT_SCALE pools run a SCALE_REDUCTION-th of the items.
     reduce_slow: bool = True
+    # The pools the row runs on, the others' cells n/a (None: every pool but the opt-in
+    # ones, whose ``default`` is False; naming the row adds these to the run's pools).
+    pools: tuple[str, ...] | None = None
 
 
 WORKLOADS: dict[str, Workload] = {
@@ -368,6 +385,30 @@ WORKLOADS: dict[str, Workload] = {
             baseline="multiprocessing.Pool",
             reduce_slow=False,
         ),
+        # ---- issue 18: the executor on a Dask cluster (needs pyexec[dask]) ----
+        Workload(
+            "dask-submit",
+            run_tiny_submit,
+            "tasks/s",
+            True,
+            1_000,
+            default=False,
+            needs=DASK,
+            baseline="dask.get_executor",
+            pools=DASK_POOLS,
+        ),
+        Workload(
+            "dask-map",
+            run_dask_map,
+            "items/s",
+            True,
+            1_000,
+            default=False,
+            needs=DASK,
+            baseline="dask.get_executor",
+            pools=DASK_POOLS,
+            detail=("chunksize", lambda n: DASK_CHUNK),
+        ),
     ]
 }
 DEFAULT_WORKLOADS = tuple(name for name, w in WORKLOADS.items() if w.default)
@@ -390,6 +431,10 @@ def missing_need(workload: str) -> str | None:
 def not_applicable(workload: str, pool: str) -> str | None:
     """Why a row's cell for this pool reads n/a (a missing package, a missing feature), or None."""
     wl = WORKLOADS[workload]
+    if wl.pools is not None and pool not in wl.pools:
+        return f"the row compares {' and '.join(wl.pools)}"
+    if wl.pools is None and not POOL_CLASSES[pool].default:
+        return f"{pool} runs only the rows made for it"
     return missing_need(workload) or (wl.applies(pool) if wl.applies else None)
 
 
