@@ -524,6 +524,20 @@ def test_own_local_cluster_is_closed_at_shutdown():
     _until(lambda: not ({p.pid for p in me.children(recursive=True)} - before), 30, "exit")
 
 
+@pytest.mark.timeout(120)
+def test_shutdown_without_wait_finishes_the_calls_then_closes(tmp_path):
+    me = psutil.Process()
+    before = {p.pid for p in me.children(recursive=True)}
+    ex = DaskExecutor(n_workers=1)
+    futures = [ex.submit(df.run_logged, str(tmp_path / "log"), i, 1.0) for i in range(3)]
+    ex.shutdown(wait=False)
+    assert not futures[-1].done()  # 3 s of calls in a row: it did not wait for them
+    with pytest.raises(RuntimeError):
+        ex.submit(df.square, 1)
+    assert [f.result(60) for f in futures] == [0, 1, 2]
+    _until(lambda: not ({p.pid for p in me.children(recursive=True)} - before), 60, "exit")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
