@@ -314,6 +314,7 @@ def test_running_state_and_cancel(ex, tmp_path):
     time.sleep(0.5)
     assert not any(f.running() for f in pending)
     assert [f.cancel() for f in running] == [False, False]
+    assert all(f.running() for f in running)
     assert [f.cancel() for f in pending[:3]] == [True] * 3
     assert all(f.cancelled() for f in pending[:3])
     open(gate, "w").close()
@@ -337,6 +338,7 @@ def test_cancel_races_start_and_never_lies(ex, tmp_path):
     time.sleep(0.5)
     ran = df.logged(path)
     assert len(ran) == len(set(ran))  # nothing ran twice
+    assert all(f.done() for f in futures)
     cancelled = {str(i) for i, f in enumerate(futures) if f.cancelled()}
     done = {str(i) for i, f in enumerate(futures) if not f.cancelled()}
     assert cancelled and done

@@ -607,8 +607,11 @@ class DaskExecutor(Executor):
         granted = self._client.sync(self._client.scheduler.pyexec_cancel, keys=keys)
         with self._lock:
             for key, ok in zip(keys, granted, strict=True):
-                if ok and (record := self._records.pop(key, None)) is not None:
-                    record.dfut.release()
+                if ok:
+                    if (record := self._records.pop(key, None)) is not None:
+                        record.dfut.release()
+                elif (record := self._records.get(key)) is not None:
+                    _mark_running(record.future)  # it started: its "start" may still be on the way
         return granted
 
     def _cancel_futures(self, futures: list) -> None:
