@@ -15,6 +15,8 @@ import sys
 import textwrap
 import threading
 import time
+import urllib.error
+import urllib.request
 from concurrent.futures import Future, as_completed, wait
 
 import dask_funcs as df
@@ -523,6 +525,15 @@ def test_own_local_cluster_is_closed_at_shutdown():
         assert pid in {p.pid for p in me.children(recursive=True)} - before
         addr = ex.client.scheduler.address
         assert addr.startswith("tcp://127.0.0.1:")
+        assert list(ex.client.nthreads().values()) == [1]  # one process of one thread
+        # No dashboard: the scheduler's plain HTTP routes only, on a loopback port.
+        port = ex.client.scheduler_info()["services"]["dashboard"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=30) as r:
+            assert r.status == 200
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=30)
+        assert info.value.code == 404
+        info.value.close()
     _until(lambda: not ({p.pid for p in me.children(recursive=True)} - before), 30, "exit")
 
 
