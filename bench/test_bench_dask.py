@@ -148,3 +148,45 @@ def test_dask_stop_by_killing_the_worker(benchmark) -> None:
             assert client.submit(abs, -3, pure=False).result(60) == 3
 
         benchmark.pedantic(stop, setup=setup, rounds=5, iterations=1)
+
+
+# ---- the two hops a call adds inside a Dask worker: `python bench/test_bench_dask.py` ----
+
+
+def _hops(trips: int = 300) -> dict[str, float]:
+    """In a Dask worker's thread: medians (µs) of a pool round trip and of the judge's rpc."""
+    import statistics
+
+    from distributed.utils import sync
+
+    w = distributed.get_worker()
+    pool = w.plugins["pyexec-pool"]._pool()
+    out = {}
+    for name, call in [
+        ("pool round trip", lambda: pool.submit(int).result()),
+        (
+            "judge rpc",  # a key the judge does not know: refused, after the same round trip
+            lambda: sync(
+                w.loop, w.scheduler.pyexec_start, key="pyexec-none-0", worker=w.address, pid=0
+            ),
+        ),
+    ]:
+        for _ in range(20):
+            call()
+        times = []
+        for _ in range(trips):
+            t0 = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - t0)
+        out[name] = statistics.median(times) * 1e6
+    return out
+
+
+if __name__ == "__main__":
+    with DaskExecutor(n_workers=2) as ex:
+        ex.submit(abs, 1).result()
+        workers = list(ex.client.scheduler_info()["workers"])
+        for _ in range(3):
+            futures = [ex.client.submit(_hops, pure=False, workers=[w]) for w in workers]
+            for w, hops in zip(workers, ex.client.gather(futures), strict=True):
+                print(w, ", ".join(f"{k} {v:.0f} µs" for k, v in hops.items()))

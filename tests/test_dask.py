@@ -381,7 +381,7 @@ def test_deadlines_stop_the_call_and_capacity_comes_back(client, tmp_path):
     with DaskExecutor(client=client, task_timeout=30) as ex:
         slow = ex.schedule(time.sleep, (60,), timeout=0.5)
         other = ex.submit(df.square, 7)
-        with pytest.raises(pyexec.TaskTimeout):
+        with pytest.raises(pyexec.TaskTimeout, match=r"deadline of 0.5 s on Dask worker tcp://"):
             slow.result(60)
         assert other.result(60) == 49
         folder = tmp_path / "meet"
@@ -433,9 +433,9 @@ def test_on_crash_restart_fails_only_the_crashed_call(client, tmp_path):
         wait(futures, timeout=90)
         for i, f in enumerate(futures):
             if i == 3:
-                with pytest.raises(pyexec.WorkerDied) as info:
+                with pytest.raises(pyexec.WorkerDied, match="died with exit code 7") as info:
                     f.result(0)
-                assert info.value.exitcode == 7
+                assert info.value.exitcode == 7 and info.value.pid > 0
             else:
                 assert f.result(0) == i
         assert ex.submit(df.square, 5).result(60) == 25

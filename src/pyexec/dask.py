@@ -60,7 +60,7 @@ except ImportError as _exc:  # pragma: no cover - exercised in a subprocess by t
         "pyexec.dask needs Dask's distributed package: pip install 'pyexec[dask]'"
     ) from _exc
 
-from ._errors import BrokenProcessPool, TaskTerminated, TaskTimeout, WorkerDied
+from ._errors import BrokenProcessPool, TaskTerminated, TaskTimeout, WorkerDied, describe_exit
 from ._executor import PoolStats, ProcessPoolExecutor
 
 __all__ = ["DaskExecutor", "DaskFuture"]
@@ -251,6 +251,8 @@ class _PoolPlugin(WorkerPlugin):
             self.running[key] = pf
         try:
             return (_OK, pf.result())
+        except (TaskTimeout, TaskTerminated, WorkerDied) as exc:
+            return (_ERR, self._restate(exc, key, timeout), "")
         except BaseException as exc:
             cause = exc.__cause__
             tb = cause.tb if isinstance(cause, _RemoteTraceback) else ""
@@ -260,6 +262,27 @@ class _PoolPlugin(WorkerPlugin):
         finally:
             with self.lock:
                 self.running.pop(key, None)
+
+    def _restate(self, exc: BaseException, key: str, timeout: float | None) -> BaseException:
+        """The pool's own error, told in the executor's terms: the call's key, the Dask worker."""
+        where = f"on Dask worker {self.worker.address}"
+        if isinstance(exc, TaskTimeout):
+            return TaskTimeout(
+                f"call {key} ran past its deadline of {timeout} s {where}; "
+                "the process running it was killed and replaced"
+            )
+        if isinstance(exc, TaskTerminated):
+            return TaskTerminated(
+                f"call {key} was stopped by terminate_task() {where}; "
+                "the process running it was killed and replaced"
+            )
+        assert isinstance(exc, WorkerDied)
+        return WorkerDied(
+            f"call {key}: the process running it {where} (pid {exc.pid}) died with "
+            f"{describe_exit(exc.exitcode)}; a new one takes its place",
+            exc.pid,
+            exc.exitcode,
+        )
 
 
 def _fork_context() -> Any:
