@@ -24,6 +24,7 @@ import dask_funcs as df
 import distributed
 import psutil
 import pytest
+from conftest import _segments
 
 import pyexec
 from pyexec.dask import DaskExecutor
@@ -99,7 +100,8 @@ def _foreign_children(me: psutil.Process, cluster_roots: set[int]) -> set[int]:
 
 @pytest.fixture(autouse=True)
 def no_leaks(request):
-    """This module's leak check (it replaces conftest's): no process, thread or file left.
+    """This module's leak check (it replaces conftest's): no process, thread, file or shared
+    memory segment left.
 
     The shared LocalCluster's scheduler runs in this process and its nannies restart killed
     workers, and Dask pools its TCP connections (sockets come and go with its connection
@@ -109,7 +111,7 @@ def no_leaks(request):
     me = psutil.Process()
     roots = _cluster_roots()
     children, threads = _foreign_children(me, roots), set(threading.enumerate())
-    fds = _nonsocket_fds()
+    fds, segments = _nonsocket_fds(), _segments()
     yield
     import gc
 
@@ -119,7 +121,8 @@ def no_leaks(request):
         left = _foreign_children(me, roots | _cluster_roots()) - children
         extra = [t for t in threading.enumerate() if t not in threads and t.is_alive()]
         opened = _nonsocket_fds() - fds
-        if not (left or extra or opened) or time.monotonic() > end:
+        shm = _segments() - segments
+        if not (left or extra or opened or shm) or time.monotonic() > end:
             break
         time.sleep(0.1)
     for pid in left:
@@ -130,6 +133,7 @@ def no_leaks(request):
     assert not left, f"test left child processes behind: {sorted(left)}"
     assert not extra, f"test left threads behind: {extra}"
     assert not opened, f"test left fds open: {sorted(opened)}"
+    assert not shm, f"test left shared memory in /dev/shm: {sorted(shm)}"
 
 
 _CLUSTER_ROOTS: set[int] = set()  # the external cluster's processes
