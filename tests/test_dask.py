@@ -480,6 +480,9 @@ def test_dask_worker_death_fails_its_call_once(tmp_path):
         client = ex.client
         victim = ex.submit(df.blocked, path, 0, gate)
         _until(victim.running, 60, "RUNNING")
+        # RUNNING comes when the scheduler grants the start, a moment before fn's own
+        # first line: wait for that line, or a loaded machine kills the worker before it.
+        _until(lambda: df.logged(path) == ["0"], 60, "the call's first line")
         worker = next(w for w, keys in client.processing().items() if victim._pyexec_key in keys)
         pid = client.run(os.getpid, workers=[worker])[worker]
         os.kill(pid, signal.SIGKILL)
