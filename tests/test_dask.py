@@ -559,6 +559,25 @@ def test_shutdown_without_wait_finishes_the_calls_then_closes(tmp_path):
     _until(lambda: not ({p.pid for p in me.children(recursive=True)} - before), 60, "exit")
 
 
+@pytest.mark.timeout(120)
+def test_dropped_executor_finishes_its_calls_then_closes(tmp_path):
+    """An executor dropped without shutdown() is collected, as the standard library's is:
+    its pending calls still finish, then the LocalCluster it started is closed."""
+    import gc
+    import weakref
+
+    me = psutil.Process()
+    before = {p.pid for p in me.children(recursive=True)}
+    ex = DaskExecutor(n_workers=1)
+    futures = [ex.submit(df.run_logged, str(tmp_path / "log"), i, 1.0) for i in range(3)]
+    dropped = weakref.ref(ex)
+    del ex
+    gc.collect()
+    assert dropped() is None, gc.get_referrers(dropped())
+    assert [f.result(60) for f in futures] == [0, 1, 2]
+    _until(lambda: not ({p.pid for p in me.children(recursive=True)} - before), 60, "exit")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -326,7 +326,7 @@ class DaskFuture(_StdFuture):
     ``cancel()`` returns True only if the call will never run; False once it started.
     """
 
-    def __init__(self, owner: DaskExecutor, key: str) -> None:
+    def __init__(self, owner: _DaskPool, key: str) -> None:
         super().__init__()
         self._pyexec_owner = weakref.ref(owner)
         self._pyexec_key = key
@@ -351,14 +351,10 @@ class _Record:
         self.dfut: Any = None
 
 
-class DaskExecutor(Executor):
-    """pyexec's executor surface on a Dask cluster.
-
-    With neither ``address`` nor ``client``, starts a LocalCluster on 127.0.0.1 (``n_workers``
-    worker processes, one thread each, no dashboard) and closes it at shutdown. With an
-    ``address`` it connects its own Client (closed at shutdown, the cluster left alone); with a
-    ``client`` it uses that one and closes nothing.
-    """
+class _DaskPool(Executor):
+    """What a DaskExecutor owns: the client (and cluster), the records of its calls, the
+    counters, and the collector thread that settles the futures. The collector holds this
+    object, not the DaskExecutor, so a dropped executor's futures still settle."""
 
     def __init__(
         self,
@@ -780,6 +776,88 @@ class DaskExecutor(Executor):
                 record.future.set_exception(err)
             except InvalidStateError:
                 pass  # cancelled meanwhile
+
+
+class DaskExecutor(Executor):
+    """pyexec's executor surface on a Dask cluster.
+
+    With neither ``address`` nor ``client``, starts a LocalCluster on 127.0.0.1 (``n_workers``
+    worker processes, one thread each, no dashboard) and closes it at shutdown. With an
+    ``address`` it connects its own Client (closed at shutdown, the cluster left alone); with a
+    ``client`` it uses that one and closes nothing. Dropped without ``shutdown()``, it shuts
+    down as the standard library's executor does: no new calls, the pending ones finish, then
+    what it started is closed.
+    """
+
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        client: distributed.Client | None = None,
+        n_workers: int | None = None,
+        on_crash: str = "break",
+        task_timeout: float | None = None,
+    ) -> None:
+        self._pool = pool = _DaskPool(
+            address, client=client, n_workers=n_workers, on_crash=on_crash,
+            task_timeout=task_timeout,
+        )  # fmt: skip
+        # Not at interpreter exit: distributed closes its clusters then itself.
+        weakref.finalize(self, pool.shutdown, wait=False).atexit = False
+
+    @property
+    def client(self) -> distributed.Client:
+        """The Dask client this executor submits through."""
+        return self._pool.client
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> DaskFuture:
+        """Schedule fn(*args, **kwargs) on the cluster; return its Future."""
+        return self._pool.submit(fn, *args, **kwargs)
+
+    def schedule(
+        self,
+        fn: Callable[..., Any],
+        args: tuple = (),
+        kwargs: dict | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> DaskFuture:
+        """Like submit, with a per-call deadline in seconds from its start (default: task_timeout).
+
+        A call still running then is killed; its future raises ``pyexec.TaskTimeout``.
+        """
+        return self._pool.schedule(fn, args, kwargs, timeout=timeout)
+
+    def map(
+        self,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+        buffersize: int | None = None,
+        unordered: bool = False,
+    ) -> Iterator[Any]:
+        """map(fn, *iterables) on the cluster; a chunk of ``chunksize`` items is one Dask task.
+
+        ``buffersize`` bounds the chunks in flight (the input is then read lazily);
+        ``unordered=True`` yields chunks as they finish; ``timeout`` counts from this call.
+        """
+        return self._pool.map(
+            fn, *iterables, timeout=timeout, chunksize=chunksize, buffersize=buffersize,
+            unordered=unordered,
+        )  # fmt: skip
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop taking work; cancel what has not started (cancel_futures); close what we started."""
+        self._pool.shutdown(wait, cancel_futures=cancel_futures)
+
+    def terminate_task(self, future: _StdFuture) -> bool:
+        """Stop one call: a pending one is cancelled, a running one killed (``TaskTerminated``)."""
+        return self._pool.terminate_task(future)
+
+    def stats(self) -> PoolStats:
+        """A snapshot of the counters (workers_alive asks the scheduler: one round trip)."""
+        return self._pool.stats()
 
 
 def _cancel_and_notify(future: _StdFuture) -> bool:
