@@ -115,7 +115,9 @@ def _queue_behind_a_busy_worker(ex, last) -> tuple[list[cf.Future], cf.Future]:
     that may take a few rounds.
     """
     for _ in range(10):
-        list(ex.map(square, range(300)))  # tiny calls: the window grows past 1
+        # Tiny calls, one per item: the window grows past 1 (a default map
+        # would send them in a few chunks).
+        list(ex.map(square, range(300), chunksize=1))
         busy = ex.submit(started_then_sleep, os.devnull, 0.3)
         tiny = [ex.submit(abs, -i) for i in range(20)]  # a builtin: as tiny as calls get
         deadline = time.monotonic() + 0.15
@@ -223,7 +225,9 @@ def test_deadline_kills_only_its_call(ctx, tmp_path, on_crash):
     thread was sometimes that late."""
     log, startfile = tmp_path / "log", tmp_path / "start"
     with pyexec.ProcessPoolExecutor(1, mp_context=ctx, on_crash=on_crash) as ex:
-        list(ex.map(square, range(300)))  # tiny calls: the window grows past 1
+        # Tiny calls, one per item: the window grows past 1 (a default map
+        # would send them in a few chunks).
+        list(ex.map(square, range(300), chunksize=1))
         assert ex._mgr.dispatch_lock.acquire(timeout=30)
         try:
             slow = ex.schedule(started_then_sleep, (str(startfile), 30), timeout=2.0)

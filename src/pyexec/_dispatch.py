@@ -169,7 +169,10 @@ class Dispatch:
         """Send up to room items of a map in one BATCH frame (job was popped from pending).
 
         batch: items already taken (requeued ones); the rest come from the job.
+        A chunked map's job sends one chunk instead (see _push_chunk).
         """
+        if job.chunked:
+            return self._push_chunk(w, job, batch)
         pending = self.pending
         batch = batch or []
         if batch:  # requeued items of this map come first, in order
@@ -179,6 +182,7 @@ class Dispatch:
             with self.lock:
                 if job.cancelled:
                     job.items.clear()
+                    job.waiting = 0
                 else:
                     batch = job.take(room, self.ids)
                 if job.items:
@@ -187,31 +191,25 @@ class Dispatch:
                     job.queued = False
         if not batch:
             return 0
+        # Each item's arguments were pickled on their own by the caller's
+        # thread: one that could not be pickled there (its exception stands
+        # in for the pickle), or unpickled in the worker, fails alone.
+        pickles = []
+        good = []
         for task in batch:
             task.started = True
-        # Each item's arguments are pickled on their own, so one that cannot
-        # be pickled here, or unpickled in the worker, fails alone.
-        dumps, proto = pickle.dumps, pickle.HIGHEST_PROTOCOL
-        try:
-            fn_pickle = dumps(job.fn, proto)
-        except BaseException as exc:
-            for task in batch:
-                self.failed += 1
-                task.settle(exc=exc)
-            return 0
-        good, pickles = [], []
-        for task in batch:
-            try:
-                pickles.append(dumps(task.args, proto))
-            except BaseException as exc:
-                self.failed += 1
-                task.settle(exc=exc)
-            else:
+            if task.args.__class__ is bytes:
+                pickles.append(task.args)
                 good.append(task)
+            else:
+                self.failed += 1
+                task.settle(exc=task.args)
         if not good:
             return 0
         batch = good
-        payload = dumps(([t.tid for t in batch], fn_pickle, pickles, job.star), proto)
+        payload = pickle.dumps(
+            ([t.tid for t in batch], job.fn_pickle, pickles, job.star), pickle.HIGHEST_PROTOCOL
+        )
         # Held-back results die with a worker: allow it only where losing one
         # changes nothing (a crash breaks the pool; no deadline to enforce).
         if job.timeout is not None:
@@ -221,6 +219,38 @@ class Dispatch:
         w.writer.push(frames.KIND_BATCH, batch[0].tid, payload, flags)
         w.inflight.extend(batch)
         return len(batch)
+
+    def _push_chunk(self, w: Lane, job: MapJob, batch: list | None) -> int:
+        """Send one chunk of a chunked map (see MapJob.take_chunk) as one BATCH
+        frame whose one result frame answers all its items; batch: a chunk
+        sent again (requeued)."""
+        if batch:
+            task = batch[0]
+        else:
+            with self.lock:
+                task = None
+                if job.cancelled:
+                    job.items.clear()
+                    job.waiting = 0
+                else:
+                    task = job.take_chunk(self.ids, self.max_workers)
+                if job.items:
+                    self.pending.appendleft(job)
+                else:
+                    job.queued = False
+            if task is None:
+                return 0
+            task.owner = self
+        task.started = True
+        blocks = task.args
+        if blocks[0].__class__ is not bytes:  # the exception pickling it raised
+            self.failed += 1
+            task.settle(None, blocks[0])
+            return 0
+        payload = pickle.dumps((job.fn_pickle, blocks, job.star), pickle.HIGHEST_PROTOCOL)
+        w.writer.push(frames.KIND_BATCH, task.tid, payload, 0)
+        w.inflight.append(task)
+        return 1
 
     def _ask_exit(self, w: Lane, now: float) -> None:
         """Queue the exit frame: the worker finishes its window, acks and exits."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 import itertools
 import multiprocessing
 import os
+import pickle
 import signal
 import threading
 import time
@@ -31,7 +32,7 @@ from concurrent.futures import Executor, _base
 from concurrent.futures import TimeoutError as FuturesTimeoutError
 from dataclasses import dataclass
 from functools import partial
-from queue import Empty
+from queue import Empty, SimpleQueue
 from typing import Any
 
 from . import _fds
@@ -111,6 +112,278 @@ def _result_or_cancel(fut: Future, timeout: float | None = None) -> Any:
 def _default_workers() -> int:
     count = getattr(os, "process_cpu_count", os.cpu_count)
     return count() or 1
+
+
+# The default map's blocks (items pickled together by map()'s thread) hold at
+# most this many items; map() hands them to the manager this many at a time.
+BLOCK_MAX = 1024
+BLOCKS_PER_QUEUE = 64
+_END = object()  # closes a list drained by _drain
+
+
+def _split_block(part: Any, start: int) -> list:
+    """A block that could not be pickled, as blocks: the items before the
+    first bad one, then that one alone as its exception, then the rest."""
+    dumps, proto = pickle.dumps, pickle.HIGHEST_PROTOCOL
+    out: list = []
+    for j in range(len(part)):
+        try:
+            dumps(part[j], proto)
+        except BaseException as exc:
+            if j:
+                out.append((start, j, dumps(part[:j], proto)))
+            out.append((start + j, 1, exc))
+            rest = part[j + 1 :]
+            if len(rest):
+                try:
+                    out.append((start + j + 1, len(rest), dumps(rest, proto)))
+                except BaseException:
+                    out.extend(_split_block(rest, start + j + 1))
+            return out
+    out.append((start, len(part), dumps(part, proto)))  # pickled on a second try
+    return out
+
+
+def _drain(values: list) -> Iterator[Any]:
+    """values in order, each let go of as it is yielded (bpo-14406: a user
+    iterating over big results must not hold them all)."""
+    values.append(_END)
+    values.reverse()
+    return iter(values.pop, _END)
+
+
+class _MapState:
+    """What a map's result iterator reads: its job, how many units were
+    submitted (items, or explicit chunks), its deadline, its order."""
+
+    __slots__ = ("end_time", "job", "total", "unordered")
+
+    def __init__(self, job: MapJob, total: int, end_time: float | None, unordered: bool) -> None:
+        self.job = job
+        self.total = total
+        self.end_time = end_time
+        self.unordered = unordered
+
+
+def _entries(state: _MapState) -> Iterator[list]:
+    """A map's outcomes as lists of results, in order (or as they finish), each
+    followed by raising its exception if it has one. Closing it (the map's
+    iterator dropped) drops the items not yet dispatched."""
+    job = state.job
+    get = job.queue.get
+    chunked = job.chunked
+    lists = job.lists
+    got: dict[int, tuple] = {}
+    nxt = 0
+    try:
+        while nxt < state.total:
+            if state.unordered:
+                entry = None
+            else:
+                entry = got.pop(nxt, None)
+            while entry is None:
+                end_time = state.end_time
+                if end_time is None:
+                    entry = get()
+                else:
+                    try:
+                        entry = get(timeout=max(0, end_time - time.monotonic()))
+                    except Empty:
+                        raise FuturesTimeoutError() from None
+                if not state.unordered and entry[0] != nxt:
+                    got[entry[0]] = entry
+                    entry = None
+            _, values, exc = entry
+            entry = None
+            if exc is None:
+                if chunked:
+                    nxt += len(values)
+                else:
+                    nxt += 1
+                    if not lists:
+                        values = [values]
+            else:
+                values = values if chunked else []
+            yield values
+            del values
+            if exc is not None:
+                try:
+                    raise exc
+                finally:
+                    exc = None
+    finally:
+        job.cancelled = True  # calls not yet dispatched are dropped
+        if job.progress is not None:
+            job.progress.finish()
+
+
+def _result_iterator(
+    state: _MapState, refill: Callable[[], None] | None, refill_per_item: bool
+) -> Iterator[Any]:
+    """The iterator map returns. Without buffersize, C-level chaining of the
+    drained outcome lists; with it, submit one more call per step, as 3.14 does."""
+    entries = _entries(state)
+    if refill is None:
+        return _chained(entries)
+    return _refilling(entries, refill, refill_per_item)
+
+
+def _chained(entries: Iterator[list]) -> Iterator[Any]:
+    """Every result, by C-level chaining of the drained lists (a generator, as
+    the stdlib's map returns: it has close())."""
+    try:
+        yield from itertools.chain.from_iterable(map(_drain, entries))
+    finally:
+        entries.close()
+
+
+def _refilling(
+    entries: Iterator[list], refill: Callable[[], None], per_item: bool
+) -> Iterator[Any]:
+    """Each step first submits one more call (per item, or per explicit chunk), then yields."""
+    cur: list = []
+    try:
+        while True:
+            if per_item or not cur:
+                refill()
+            while not cur:
+                try:
+                    cur = next(entries)
+                except StopIteration:
+                    return
+                cur.reverse()
+            yield cur.pop()
+    finally:
+        entries.close()
+
+
+class _Progress:
+    """map's progress= argument: a tqdm bar of its own (True), or the
+    caller's object with update(n), advanced as items finish."""
+
+    __slots__ = ("bar", "lock", "own", "total")
+
+    def __init__(self, bar: Any, own: bool) -> None:
+        self.bar = bar
+        self.own = own
+        self.lock = threading.Lock()
+
+    @classmethod
+    def check(cls, progress: Any) -> _Progress | None:
+        """Validate progress=; for True, import tqdm now (before any work is sent)."""
+        if progress is None or progress is False:
+            return None
+        if progress is True:
+            try:
+                import tqdm  # noqa: F401
+            except ImportError as exc:
+                raise ImportError(
+                    "map(progress=True) needs tqdm: pip install 'pyexec[progress]'"
+                ) from exc
+            return cls(None, True)
+        if not callable(getattr(progress, "update", None)):
+            raise TypeError(
+                f"progress must be None, True or an object with an update(n) method, "
+                f"not {type(progress).__name__}"
+            )
+        return cls(progress, False)
+
+    def known(self, total: int) -> None:
+        """The number of items is known (and the bar, if ours, is drawn)."""
+        if self.own and self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total)
+
+    def advance(self, n: int) -> None:
+        """n more items finished (the manager's thread): errors in update are ignored."""
+        bar = self.bar
+        if bar is None:
+            self.known(None)
+            bar = self.bar
+        try:
+            bar.update(n)
+        except Exception:
+            pass
+
+    def finish(self) -> None:
+        """The map's iterator ended: close the bar if it is ours."""
+        if self.own and self.bar is not None:
+            self.bar.close()
+
+
+def _map_via_submit(
+    ex: ProcessPoolExecutor,
+    fn: Callable,
+    iterables: tuple,
+    timeout: float | None,
+    chunksize: int,
+    buffersize: int | None,
+    unordered: bool,
+    bar: _Progress | None,
+) -> Iterator[Any]:
+    """map through ex.submit, the stdlib's way: one submit per chunk (per item
+    for chunksize 1), for a subclass's or a wrapper's submit to see every call."""
+    end_time = None if timeout is None else timeout + time.monotonic()
+    zipped: Iterator[Any] = zip(*iterables, strict=False)
+    if chunksize == 1:
+
+        def call(args: tuple) -> Future:
+            return ex.submit(fn, *args)
+
+        weight: Callable[[Any], int] = lambda _f: 1  # noqa: E731
+    else:
+        zipped = _batched(zipped, chunksize)
+        chunk_fn = partial(_process_chunk, fn, True)
+
+        def call(args: tuple) -> Future:
+            return ex.submit(chunk_fn, args)
+
+        def weight(f: Any) -> int:
+            return len(f.result()) if f.exception() is None else 1
+
+    done: SimpleQueue = SimpleQueue()
+
+    def submit(args: tuple) -> Future:
+        f = call(args)
+        if bar is not None:
+            f.add_done_callback(lambda f: bar.advance(weight(f)))
+        if unordered:
+            f.add_done_callback(done.put)
+        return f
+
+    fs = deque(map(submit, itertools.islice(zipped, buffersize) if buffersize else zipped))
+    if bar is not None and chunksize == 1 and not buffersize:
+        bar.known(len(fs))
+    ex_ref = weakref.ref(ex)
+
+    def result_iterator() -> Iterator[Any]:
+        try:
+            while fs:
+                if buffersize and (e := ex_ref()) is not None and (args := next(zipped, None)):
+                    fs.appendleft(submit(args))
+                    del e
+                remaining = None if end_time is None else end_time - time.monotonic()
+                if unordered:
+                    try:
+                        f = done.get(timeout=None if remaining is None else max(0, remaining))
+                    except Empty:
+                        raise FuturesTimeoutError() from None
+                    fs.remove(f)
+                else:
+                    f = fs.pop()
+                if chunksize == 1:
+                    yield _result_or_cancel(f, remaining)
+                else:
+                    yield from _drain(_result_or_cancel(f, remaining))
+                del f
+        finally:
+            for f in fs:
+                f.cancel()
+            if bar is not None:
+                bar.finish()
+
+    return result_iterator()
 
 
 class ProcessPoolExecutor(Executor):
@@ -251,29 +524,57 @@ class ProcessPoolExecutor(Executor):
         fn: Callable[..., Any],
         *iterables: Iterable[Any],
         timeout: float | None = None,
-        chunksize: int = 1,
+        chunksize: int | None = None,
         buffersize: int | None = None,
+        unordered: bool = False,
+        progress: Any = None,
     ) -> Iterator[Any]:
         """Return an iterator equivalent to map(fn, *iterables), as Python 3.14's does.
 
-        chunksize groups items into one call; buffersize bounds how many calls
-        are submitted ahead of the results consumed; timeout counts from this call.
+        Without chunksize, items travel in chunks sized as they run (results
+        still per item: see the README); chunksize groups items into one call;
+        buffersize bounds how many calls are submitted ahead of the results
+        consumed; timeout counts from this call. unordered=True yields results
+        as they finish; progress=True draws a tqdm bar, or give an object with
+        an update(n) method.
         """
-        if chunksize < 1:
+        if chunksize is not None and chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
         if buffersize is not None and not isinstance(buffersize, int):
             raise TypeError("buffersize must be an integer or None")
         if buffersize is not None and buffersize < 1:
             raise ValueError("buffersize must be None or > 0")
+        if unordered is not True and unordered is not False:
+            raise TypeError(f"unordered must be True or False, not {unordered!r}")
+        bar = _Progress.check(progress)  # raises before any work is sent
+        if type(self).submit is not ProcessPoolExecutor.submit or "submit" in self.__dict__:
+            # submit is overridden or wrapped (tqdm's process_map wraps it on the
+            # instance): its calls go through it, one per chunk, as the stdlib's do.
+            return _map_via_submit(
+                self, fn, iterables, timeout, chunksize or 1, buffersize, unordered, bar
+            )
+        self._check_owner()
+        end_time = None if timeout is None else timeout + time.monotonic()
         # One iterable: its items travel as they are and the worker calls
         # fn(item), as multiprocessing.Pool does; no one-tuple per item to
         # build, pickle and unpickle. Several: argument tuples, fn(*args).
-        if len(iterables) == 1:
-            items, star = iter(iterables[0]), False
-        else:
-            items, star = zip(*iterables, strict=False), True
+        star = len(iterables) != 1
+        items = zip(*iterables, strict=False) if star else iter(iterables[0])
+        if chunksize is None:
+            if (
+                self._task_timeout is None
+                and self._on_crash == "break"
+                and self._max_tasks_per_child is None
+            ):
+                return self._map_chunked(
+                    fn, star, iterables, items, end_time, buffersize, bar, unordered
+                )
+            # A deadline, or a crash that must fail only the running call:
+            # one call per item.
+            chunksize = 1
         if chunksize == 1:
-            return self._map(fn, star, items, timeout, buffersize)
+            job = self._new_job(fn, star, bar)
+            return self._map(job, items, end_time, buffersize, unordered, per_item=True)
         chunks: Iterator[Any]
         seq = iterables[0]
         if not star and buffersize is None and type(seq) in (range, list, tuple):
@@ -282,74 +583,154 @@ class ProcessPoolExecutor(Executor):
             chunks = _sliced(seq, chunksize)
         else:
             chunks = _batched(items, chunksize)
-        chunker = partial(_process_chunk, fn, star)
-        results = self._map(chunker, False, chunks, timeout, buffersize)
-        return itertools.chain.from_iterable(results)
+        job = self._new_job(partial(_process_chunk, fn, star), False, bar)
+        job.lists = True
+        return self._map(job, chunks, end_time, buffersize, unordered, per_item=False)
+
+    def _new_job(
+        self, fn: Callable, star: bool, bar: _Progress | None, chunked: bool = False
+    ) -> MapJob:
+        """A map job, fn pickled once here (a failure fails each item at its turn)."""
+        try:
+            fn_pickle: Any = pickle.dumps(fn, pickle.HIGHEST_PROTOCOL)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
+            fn_pickle = exc
+        return MapJob(fn, star, self._task_timeout, fn_pickle, chunked, bar)
 
     def _map(
         self,
+        job: MapJob,
+        calls: Iterator[Any],
+        end_time: float | None,
+        buffersize: int | None,
+        unordered: bool,
+        per_item: bool,
+    ) -> Iterator[Any]:
+        """map with one call per item (per_item) or per explicit chunk (a list of results)."""
+        total = self._submit_items(
+            job, 0, itertools.islice(calls, buffersize) if buffersize else calls
+        )
+        if job.progress is not None and per_item and not buffersize:
+            job.progress.known(total)
+        state = _MapState(job, total, end_time, unordered)
+        refill = None
+        if buffersize:
+            executor_weakref = weakref.ref(self)
+
+            def refill() -> None:
+                if executor := executor_weakref():
+                    state.total += executor._submit_items(
+                        job, state.total, itertools.islice(calls, 1)
+                    )
+
+        return _result_iterator(state, refill, refill_per_item=False)
+
+    def _map_chunked(
+        self,
         fn: Callable,
         star: bool,
-        argtuples: Iterator[Any],
-        timeout: float | None,
+        iterables: tuple,
+        items: Iterator[Any],
+        end_time: float | None,
         buffersize: int | None,
+        bar: _Progress | None,
+        unordered: bool,
     ) -> Iterator[Any]:
-        """map's engine: items are argument tuples (star) or single arguments."""
-        end_time = None if timeout is None else timeout + time.monotonic()
-        job = MapJob(fn, star, self._task_timeout)
-        items = itertools.islice(argtuples, buffersize) if buffersize else argtuples
-        total = self._submit_items(job, 0, items)
-        executor_weakref = weakref.ref(self)
+        """The default map: items pickled here in blocks, sent in chunks sized as they run."""
+        job = self._new_job(fn, star, bar, chunked=True)
+        state = _MapState(job, 0, end_time, unordered)
+        refill = None
+        if buffersize:
+            state.total = self._submit_blocks(job, 0, list(itertools.islice(items, buffersize)), 1)
+            executor_weakref = weakref.ref(self)
 
-        def result_iterator() -> Iterator[Any]:
-            nonlocal total
-            got: dict[int, tuple] = {}
-            get = job.queue.get
-            nxt = 0
-            try:
-                while nxt < total:
-                    if buffersize and (executor := executor_weakref()):
-                        total += executor._submit_items(job, total, itertools.islice(argtuples, 1))
-                        del executor
-                    while nxt not in got:
-                        if end_time is None:
-                            index, value, exc = get()
-                        else:
-                            try:
-                                index, value, exc = get(timeout=max(0, end_time - time.monotonic()))
-                            except Empty:
-                                raise FuturesTimeoutError() from None
-                        got[index] = (value, exc)
-                    value, exc = got.pop(nxt)
-                    nxt += 1
-                    if exc is not None:
-                        try:
-                            raise exc
-                        finally:
-                            exc = None
-                    yield value
-            finally:
-                job.cancelled = True  # calls not yet dispatched are dropped
+            def refill() -> None:
+                if (executor := executor_weakref()) is not None:
+                    state.total += executor._submit_blocks(
+                        job, state.total, list(itertools.islice(items, 1)), 1
+                    )
 
-        return result_iterator()
+        else:
+            seq = iterables[0]
+            if star or type(seq) not in (range, list, tuple):
+                seq = list(items)  # taken now, as the stdlib does
+            n = len(seq)
+            if bar is not None:
+                bar.known(n)
+            # Blocks of at most a 64th of a worker's share: a chunk is one
+            # block while items are slow, so what is left to the end is small.
+            bmax = max(1, min(BLOCK_MAX, n // (64 * self._max_workers)))
+            state.total = self._submit_blocks(job, 0, seq, bmax)
+        return _result_iterator(state, refill, refill_per_item=True)
 
-    def _submit_items(self, job: MapJob, start: int, items: Iterable[tuple]) -> int:
-        """Queue map items (argument tuples) from index start; return how many."""
+    def _submit_items(self, job: MapJob, start: int, items: Iterable[Any]) -> int:
+        """Queue map items (one call each) from index start, each pickled here; return how many."""
         self._check_owner()
-        items = list(items)
-        if not items:
+        fn_error = job.fn_pickle if job.fn_pickle.__class__ is not bytes else None
+        pickles: list = []
+        dumps, proto = pickle.dumps, pickle.HIGHEST_PROTOCOL
+        for item in items:
+            if fn_error is not None:
+                pickles.append(fn_error)
+                continue
+            try:
+                pickles.append(dumps(item, proto))
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # that item alone fails, at its turn
+                pickles.append(exc)
+        if not pickles:
             return 0
+        self._queue_entries(job, pickles, len(pickles))
+        return len(pickles)
+
+    def _submit_blocks(self, job: MapJob, start: int, seq: Any, bmax: int) -> int:
+        """Queue the items of seq (a range, list or tuple) from index start, in
+        blocks pickled here: 1, 1, 2, 2, 4, ... items, at most bmax; return how many."""
+        self._check_owner()
+        n = len(seq)
+        if not n:
+            return 0
+        fn_error = job.fn_pickle if job.fn_pickle.__class__ is not bytes else None
+        dumps, proto = pickle.dumps, pickle.HIGHEST_PROTOCOL
+        blocks: list = []
+        i, size, queued = 0, 1, 0
+        while i < n:
+            part = seq[i : i + size]
+            if fn_error is not None:
+                blocks.append((start + i, len(part), fn_error))
+            else:
+                try:
+                    blocks.append((start + i, len(part), dumps(part, proto)))
+                except KeyboardInterrupt:
+                    raise
+                except BaseException:  # find the item: it alone fails, at its turn
+                    blocks.extend(_split_block(part, start + i))
+            i += len(part)
+            if size < bmax and len(blocks) % 2 == 0:
+                size = min(bmax, size * 2)
+            if len(blocks) >= BLOCKS_PER_QUEUE:  # the workers start while the rest is pickled
+                self._queue_entries(job, blocks, i - queued)
+                queued, blocks = i, []
+        if blocks:
+            self._queue_entries(job, blocks, n - queued)
+        return n
+
+    def _queue_entries(self, job: MapJob, entries: list, count: int) -> None:
+        """Append a job's entries (count items) and make sure the manager sees them."""
         with self._lock:
             self._check_accepting()
             mgr = self._mgr or self._start()
-            job.items.extend(items)
+            job.items.extend(entries)
+            job.waiting += count
             if not job.queued:
                 job.queued = True
                 self._pending.append(job)
-            mgr.submitted += len(items)
+            mgr.submitted += count
             if mgr.sleeping:
                 mgr.wake()
-        return len(items)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop taking work; finish (or cancel) what is pending; stop the workers.
@@ -443,7 +824,7 @@ class ProcessPoolExecutor(Executor):
         # the manager takes from the deque without the executor's lock, and
         # iterating it in Python while it did raised "deque mutated".
         queued = tuple(self._pending)
-        pending = sum(len(e.items) if e.__class__ is MapJob else 1 for e in queued)
+        pending = sum(e.waiting if e.__class__ is MapJob else 1 for e in queued)
         if mgr is None:
             return PoolStats(0, 0, 0, pending, 0, 0, 0)
         submitted, completed, failed, running, alive, replaced = mgr.counters()

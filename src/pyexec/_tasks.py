@@ -31,8 +31,8 @@ class Task:
 
     A submitted call is pickled by submit and the pickle kept until the call
     is done, to be sent again if the worker holding it dies before running it.
-    A map item keeps its arguments instead: it is pickled with its neighbours
-    into one BATCH frame at dispatch.
+    A map item keeps the pickle of its arguments instead (made in the
+    caller's thread), sent with its neighbours in one BATCH frame.
     """
 
     __slots__ = (
@@ -96,7 +96,10 @@ class Task:
         """
         future = self.future
         if future is None:
-            self.job.queue.put((self.index, value, exc))
+            job = self.job
+            job.queue.put((self.index, value, exc))
+            if job.progress is not None:
+                job.note(len(value) if job.lists and value.__class__ is list else 1)
             return
         try:
             if exc is None:
@@ -140,35 +143,178 @@ class MapJob:
 
     Map's results are reachable only through its iterator, so its items need
     no Future: the manager puts (index, value, exception) on a SimpleQueue (no
-    lock in Python) and the iterator puts them back in order. Items wait here
-    as bare argument tuples and become _Tasks only when dispatched, so a map
-    over a million items costs a million tuples, not a million objects more.
+    lock in Python) and the iterator puts them back in order. The caller's
+    thread pickles the items (map(), or the iterator with buffersize), never
+    the manager: a slow ``__reduce__`` stalls no one else.
+
+    Two kinds. Per item (``chunked`` False: an explicit chunksize, a deadline,
+    on_crash="restart", max_tasks_per_child): ``items`` holds one pickle per
+    item (or the exception pickling it raised), made a Task only when
+    dispatched; the worker sends one result frame per item. Chunked (the
+    default map): ``items`` holds blocks ``(start, count, pickle of the
+    items)`` and the manager sends several blocks as one chunk, sized from
+    the time items take (``take_chunk``); the worker runs the chunk and sends
+    its results as one list (see ChunkTask). The outcome on the queue is then
+    (start, list of results, exception after them or None).
+
     The job stands in the pending deque at most once (``queued``). Items are
     added and taken under the executor's lock.
     """
 
-    __slots__ = ("cancelled", "fn", "items", "next_index", "queue", "queued", "star", "timeout")
+    __slots__ = (
+        "cancelled",
+        "chunked",
+        "fn",
+        "fn_pickle",
+        "item_time",
+        "items",
+        "lists",
+        "next_index",
+        "progress",
+        "queue",
+        "queued",
+        "star",
+        "timeout",
+        "waiting",
+    )
 
-    def __init__(self, fn: Callable, star: bool, timeout: float | None) -> None:
+    def __init__(
+        self,
+        fn: Callable,
+        star: bool,
+        timeout: float | None,
+        fn_pickle: bytes = b"",
+        chunked: bool = False,
+        progress: Any = None,
+    ) -> None:
         self.fn = fn
+        self.fn_pickle = fn_pickle  # fn's pickle, made once by map()
         self.star = star  # items are argument tuples: fn(*item); else fn(item)
         self.timeout = timeout
+        self.chunked = chunked
+        self.progress = progress  # a Progress, or None
         self.queue: SimpleQueue = SimpleQueue()
-        self.items: deque[tuple] = deque()
+        self.items: deque = deque()
         self.next_index = 0
+        self.waiting = 0  # items not yet dispatched (stats().pending)
+        self.item_time = 0.0  # chunked: EWMA of a worker's seconds per item (0: unknown)
+        self.lists = False  # each call's result is a list of item results (explicit chunksize)
         self.queued = False
         self.cancelled = False
 
     def take(self, n: int, ids: Iterator[int]) -> list[Task]:
-        """The next n items (fewer if there are fewer) as tasks (lock held)."""
+        """The next n entries (fewer if there are fewer) as tasks (lock held)."""
         items = self.items
         n = min(n, len(items))
+        if self.chunked:
+            out: list[Task] = []
+            for _ in range(n):
+                start, count, data = items.popleft()
+                self.waiting -= count
+                out.append(ChunkTask(next(ids), self, start, count, [data]))
+            return out
         index = self.next_index
         self.next_index += n
+        self.waiting -= n
         timeout = self.timeout
         return [
             Task(next(ids), None, None, timeout, self, index + j, items.popleft()) for j in range(n)
         ]
+
+    def take_chunk(self, ids: Iterator[int], workers: int) -> ChunkTask | None:
+        """The next chunk (lock held): blocks worth CHUNK_SECONDS of work, one
+        block while that is not known yet, and never more than a 1/(2 workers)
+        share of what waits, so the last chunks end together. A block that
+        could not be pickled travels alone (its task fails at once)."""
+        items = self.items
+        if not items:
+            return None
+        start, count, data = items.popleft()
+        blocks = [data]
+        if data.__class__ is bytes and self.item_time:
+            want = CHUNK_SECONDS / self.item_time
+            share = self.waiting // (2 * workers)
+            if want > share:
+                want = share
+            while items and count < want and items[0][2].__class__ is bytes:
+                _, n, data = items.popleft()
+                blocks.append(data)
+                count += n
+        self.waiting -= count
+        return ChunkTask(next(ids), self, start, count, blocks)
+
+    def note(self, n: int) -> None:
+        """n more items are done: tell the progress bar, if any."""
+        progress = self.progress
+        if progress is not None:
+            progress.advance(n)
+
+
+# A chunk of the default map carries about this much work (seconds of a
+# worker's time): long enough that its round trip and its frames cost
+# nothing per item, short enough that the last chunks end together.
+CHUNK_SECONDS = 0.01
+
+
+class ChunkTask(Task):
+    """Several consecutive items of a chunked map, sent and answered as one call.
+
+    The worker answers (results, exception pickle or None, seconds): the
+    results of the items from ``index`` on, in order, up to the first that
+    raised. settle() updates the job's item time and the pool's counters
+    (its frame was counted as one call) and queues the outcome.
+    """
+
+    __slots__ = ("count",)
+
+    def __init__(self, tid: int, job: MapJob, start: int, count: int, blocks: list) -> None:
+        super().__init__(tid, None, None, None, job, start, blocks)
+        self.count = count
+
+    def settle(self, value: Any = None, exc: BaseException | None = None) -> None:
+        job = self.job
+        if exc is None and value is not None:
+            values, err, seconds = value
+            done = len(values)
+            if done and seconds > 0:
+                t = seconds / done
+                job.item_time = (
+                    t if not job.item_time else job.item_time + 0.3 * (t - job.item_time)
+                )
+            if err is not None:
+                exc = _load_remote_exception(err, self.tid)
+            counts = self.owner
+            if counts is not None:
+                # The frame counted as one completed call.
+                counts.completed += done - 1
+                counts.failed += exc is not None
+        else:
+            values = []
+        job.queue.put((self.index, values, exc))
+        if job.progress is not None:
+            job.note(len(values) + (exc is not None))
+
+    def cancel(self) -> bool:
+        if self.started:
+            return False
+        self.job.queue.put((self.index, [], CancelledError()))
+        return True
+
+
+def _load_remote_exception(err: Any, tid: int) -> BaseException:
+    """The exception a worker pickled (see _worker._dumps_exception), with its traceback text."""
+    from concurrent.futures.process import _RemoteTraceback
+
+    if isinstance(err, BaseException):
+        return err
+    try:
+        exc, tb = pickle.loads(err)
+    except BaseException as e:
+        out = pickle.UnpicklingError(f"the exception of call {tid} could not be unpickled: {e!r}")
+        out.__cause__ = e
+        return out
+    exc.__cause__ = _RemoteTraceback(f'\n"""\n{tb}"""')
+    return exc
 
 
 def drain_pending(pending: deque, lock: Any, ids: Iterator[int]) -> list[Task]:

@@ -9,6 +9,7 @@ means the parent is gone, and the worker exits at once.
 
 from __future__ import annotations
 
+import itertools
 import marshal
 import os
 import pickle
@@ -194,10 +195,16 @@ def _run_frames(meta, view, out, loads, dumps, proto, rss, max_memory) -> bool:
             del payload
         elif kind == KIND_BATCH:
             buf = view[off : off + size]
-            _run_batch(
-                loads(buf), word >> SHIFT, out.push, out.flush, dumps, proto, rss, max_memory
-            )
+            call = loads(buf)
             del buf
+            if len(call) == 3:  # a chunk of the default map: one result for all
+                payload, rflags = _run_chunk(call, tid, dumps, proto, rss, max_memory)
+                del call
+                send(frames.KIND_RESULT, tid, payload, rflags)
+                del payload
+            else:
+                _run_batch(call, word >> SHIFT, out.push, out.flush, dumps, proto, rss, max_memory)
+                del call
         elif kind == frames.KIND_EXIT:
             send(frames.KIND_EXIT_ACK, tid)
             return True
@@ -326,3 +333,49 @@ def _run_batch(call, flags, push, flush, dumps, proto, rss, max_memory) -> None:
                     continue
         flush()
         held_since = 0.0
+
+
+def _run_chunk(call, tid, dumps, proto, rss, max_memory) -> tuple[bytes, int]:
+    """Run one chunk of a chunked map: (fn pickle, pickled blocks of items,
+    star). Answer (payload, flags): the pickle of (results, exception or None,
+    seconds) -- the results in order up to the first item that raised, the
+    exception as _dumps_exception makes it, the seconds the items took.
+
+    A block that cannot be unpickled fails at its first item. A result that
+    cannot be pickled fails at its own item: the results before it go back.
+    """
+    fn_pickle, blocks, star = call
+    loads = pickle.loads
+    results: list = []
+    err = None
+    t0 = monotonic()
+    try:
+        fn = _load_args(loads, fn_pickle, tid)
+        extend = results.extend
+        for j in range(len(blocks)):
+            items = _load_args(loads, blocks[j], tid)
+            blocks[j] = None
+            # extend() keeps the results made before an exception.
+            extend(itertools.starmap(fn, items) if star else map(fn, items))
+            del items
+    except BaseException as exc:
+        err = _dumps_exception(exc)
+        del exc
+    seconds = monotonic() - t0
+    flags = 0
+    if max_memory is not None and rss() > max_memory:
+        flags |= frames.FLAG_RECYCLE
+    try:
+        return dumps((results, err, seconds), proto), flags
+    except BaseException:
+        pass
+    # Some result cannot be pickled: find the first, send those before it.
+    for j, r in enumerate(results):
+        try:
+            dumps(r, proto)
+        except BaseException as exc:
+            del results[j:]
+            err = _dumps_exception(exc)
+            del exc
+            break
+    return dumps((results, err, seconds), proto), flags
