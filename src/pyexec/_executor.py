@@ -40,7 +40,7 @@ from ._errors import BrokenProcessPool
 from ._future import Future
 from ._launch import Launcher, ProcessLauncher
 from ._manager import Manager, managers
-from ._tasks import MapJob, Task, drain_pending, dump_call
+from ._tasks import MapJob, Task, drain_pending, dump_call, dump_call_with
 from ._worker import WorkerConfig
 from ._zygote import ZygoteLauncher
 
@@ -121,10 +121,10 @@ BLOCKS_PER_QUEUE = 64
 _END = object()  # closes a list drained by _drain
 
 
-def _split_block(part: Any, start: int) -> list:
+def _split_block(dumps: Callable, part: Any, start: int) -> list:
     """A block that could not be pickled, as blocks: the items before the
     first bad one, then that one alone as its exception, then the rest."""
-    dumps, proto = pickle.dumps, pickle.HIGHEST_PROTOCOL
+    proto = pickle.HIGHEST_PROTOCOL
     out: list = []
     for j in range(len(part)):
         try:
@@ -138,7 +138,7 @@ def _split_block(part: Any, start: int) -> list:
                 try:
                     out.append((start + j + 1, len(rest), dumps(rest, proto)))
                 except BaseException:
-                    out.extend(_split_block(rest, start + j + 1))
+                    out.extend(_split_block(dumps, rest, start + j + 1))
             return out
     out.append((start, len(part), dumps(part, proto)))  # pickled on a second try
     return out
@@ -361,7 +361,7 @@ def _map_via_submit(
         try:
             while fs:
                 if buffersize and (e := ex_ref()) is not None and (args := next(zipped, None)):
-                    fs.appendleft(submit(args))
+                    fs.append(submit(args))
                     del e
                 remaining = None if end_time is None else end_time - time.monotonic()
                 if unordered:
@@ -371,7 +371,7 @@ def _map_via_submit(
                         raise FuturesTimeoutError() from None
                     fs.remove(f)
                 else:
-                    f = fs.pop()
+                    f = fs.popleft()
                 if chunksize == 1:
                     yield _result_or_cancel(f, remaining)
                 else:
@@ -392,7 +392,8 @@ class ProcessPoolExecutor(Executor):
     The extras, all off by default: ``on_crash="restart"`` (a dead worker
     fails only its running call and is replaced), ``task_timeout`` (seconds;
     per-call deadline, see ``schedule``), ``max_memory_per_child`` (bytes of
-    resident memory after which a worker is recycled).
+    resident memory after which a worker is recycled), ``serializer="cloudpickle"``
+    (calls and results pickled with cloudpickle: lambdas and closures work).
     """
 
     def __init__(
@@ -406,6 +407,7 @@ class ProcessPoolExecutor(Executor):
         on_crash: str = "break",
         task_timeout: float | None = None,
         max_memory_per_child: int | None = None,
+        serializer: str = "pickle",
     ) -> None:
         if max_workers is None:
             max_workers = _default_workers()
@@ -426,10 +428,24 @@ class ProcessPoolExecutor(Executor):
             raise ValueError(f"task_timeout must be None or > 0, not {task_timeout!r}")
         if max_memory_per_child is not None and max_memory_per_child <= 0:
             raise ValueError("max_memory_per_child must be None or > 0 (bytes)")
+        if not isinstance(serializer, str):
+            raise TypeError(f"serializer must be 'pickle' or 'cloudpickle', not {serializer!r}")
+        if serializer not in ("pickle", "cloudpickle"):
+            raise ValueError(f"serializer must be 'pickle' or 'cloudpickle', not {serializer!r}")
+        self._dumps: Callable = pickle.dumps
+        if serializer == "cloudpickle":
+            try:
+                import cloudpickle
+            except ImportError as exc:
+                raise ImportError(
+                    "serializer='cloudpickle' needs cloudpickle: pip install 'pyexec[cloudpickle]'"
+                ) from exc
+            self._dumps = cloudpickle.dumps
+        self._serializer = serializer
         self._max_workers = max_workers
         self._mp_context = mp_context
         self._start_method = mp_context.get_start_method(allow_none=False)
-        self._config = WorkerConfig(initializer, tuple(initargs), max_memory_per_child)
+        self._config = WorkerConfig(initializer, tuple(initargs), max_memory_per_child, serializer)
         self._max_tasks_per_child = max_tasks_per_child
         self._on_crash = on_crash
         self._task_timeout = task_timeout
@@ -481,7 +497,10 @@ class ProcessPoolExecutor(Executor):
         future: Future = Future()
         failure: BaseException | None = None
         try:
-            payload = dump_call(fn, args, kwargs)
+            if self._serializer == "pickle":
+                payload = dump_call(fn, args, kwargs)
+            else:
+                payload = dump_call_with(self._dumps, fn, args, kwargs)
         except KeyboardInterrupt:
             raise
         except BaseException as exc:  # that call alone fails, as in the stdlib
@@ -592,7 +611,7 @@ class ProcessPoolExecutor(Executor):
     ) -> MapJob:
         """A map job, fn pickled once here (a failure fails each item at its turn)."""
         try:
-            fn_pickle: Any = pickle.dumps(fn, pickle.HIGHEST_PROTOCOL)
+            fn_pickle: Any = self._dumps(fn, pickle.HIGHEST_PROTOCOL)
         except KeyboardInterrupt:
             raise
         except BaseException as exc:
@@ -670,7 +689,7 @@ class ProcessPoolExecutor(Executor):
         self._check_owner()
         fn_error = job.fn_pickle if job.fn_pickle.__class__ is not bytes else None
         pickles: list = []
-        dumps, proto = pickle.dumps, pickle.HIGHEST_PROTOCOL
+        dumps, proto = self._dumps, pickle.HIGHEST_PROTOCOL
         for item in items:
             if fn_error is not None:
                 pickles.append(fn_error)
@@ -694,7 +713,7 @@ class ProcessPoolExecutor(Executor):
         if not n:
             return 0
         fn_error = job.fn_pickle if job.fn_pickle.__class__ is not bytes else None
-        dumps, proto = pickle.dumps, pickle.HIGHEST_PROTOCOL
+        dumps, proto = self._dumps, pickle.HIGHEST_PROTOCOL
         blocks: list = []
         i, size, queued = 0, 1, 0
         while i < n:
@@ -707,7 +726,7 @@ class ProcessPoolExecutor(Executor):
                 except KeyboardInterrupt:
                     raise
                 except BaseException:  # find the item: it alone fails, at its turn
-                    blocks.extend(_split_block(part, start + i))
+                    blocks.extend(_split_block(dumps, part, start + i))
             i += len(part)
             if size < bmax and len(blocks) % 2 == 0:
                 size = min(bmax, size * 2)

@@ -357,6 +357,30 @@ def dump_call(fn: Callable, args: tuple, kwargs: dict) -> bytes:
     return pickle.dumps((fn, args, kwargs), pickle.HIGHEST_PROTOCOL)
 
 
+# serializer="cloudpickle": each function's cloudpickle, made once per
+# function object (a function pickled by value keeps the globals it had then).
+_cloud_fns: dict[Callable, bytes] = {}
+
+
+def dump_call_with(dumps: Callable, fn: Callable, args: tuple, kwargs: dict) -> bytes:
+    """The pickle of one call made with dumps (cloudpickle's), fn's own pickle
+    in fn's place and cached, as dump_call does for functions named by module."""
+    try:
+        ref = _cloud_fns.get(fn)
+    except TypeError:  # an unhashable callable: pickled each time
+        ref = None
+    if ref is None:
+        ref = dumps(fn, pickle.HIGHEST_PROTOCOL)
+        if len(_cloud_fns) >= _FN_REFS_MAX:
+            _cloud_fns.clear()
+        try:
+            _cloud_fns[fn] = ref
+        except TypeError:
+            pass
+    call = (ref, args, kwargs) if kwargs else (ref, args)
+    return dumps(call, pickle.HIGHEST_PROTOCOL)
+
+
 def _fn_ref(fn: Callable) -> tuple[bytes, ModuleType, str] | None:
     """Cache and return (pickle, module, name) of a function its module names
     at top level; None for others (methods, nested or replaced functions)."""

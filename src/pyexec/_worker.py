@@ -49,6 +49,7 @@ class WorkerConfig:
     initializer: Any = None
     initargs: tuple = ()
     max_memory: int | None = None
+    serializer: str = "pickle"  # or "cloudpickle": how results are pickled
 
 
 class InheritFd:
@@ -131,12 +132,18 @@ def main(call: InheritFd, result: InheritFd, config: WorkerConfig, deathsig: boo
             sys.exit(1)
     out.push(frames.KIND_READY, 0)
     out.flush()
-    _loop(call_fd, out, config.max_memory)
+    dumps = pickle.dumps
+    if config.serializer == "cloudpickle":
+        import cloudpickle
+
+        dumps = cloudpickle.dumps
+    _loop(call_fd, out, config.max_memory, dumps)
 
 
-def _loop(call_fd: int, out: frames.Writer, max_memory: int | None) -> None:
+def _loop(call_fd: int, out: frames.Writer, max_memory: int | None, dumps=pickle.dumps) -> None:
+    """Read, run and answer calls until an exit frame (dumps pickles the results)."""
     dec = frames.Decoder()
-    loads, dumps, proto = pickle.loads, pickle.dumps, pickle.HIGHEST_PROTOCOL
+    loads, proto = pickle.loads, pickle.HIGHEST_PROTOCOL
     take, read_frames = dec.take, dec.read_frames
     # Out of calls, the worker reads on for frames.SPIN before it sleeps in poll
     # (see frames.Spin); where there is no poll, it sleeps in read at once.

@@ -1,0 +1,292 @@
+"""The map family (issue 17) and map's points of issue 14: the default map's
+chunks keep every per-item promise, unordered=, progress=, a wrapped or
+overridden submit, results let go of as yielded, items pickled in the
+caller's thread, stats() per item."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import gc
+import io
+import itertools
+import sys
+import threading
+import weakref
+
+import pytest
+from map_funcs import Gate, add, fail_at, ident, lock_at, make_big, return_lock, sleepy, square
+
+import pyexec
+
+# ---- the default map: chunks, with every per-item promise ------------------------
+
+
+@pytest.mark.timeout(60)
+def test_default_map_results_in_order_for_every_input_shape(ctx):
+    """A range, a list, a generator and several iterables: the stdlib's results."""
+    gen = (i for i in range(5000))
+    with pyexec.ProcessPoolExecutor(2, mp_context=ctx) as ex:
+        assert list(ex.map(square, range(5000))) == [i * i for i in range(5000)]
+        assert list(ex.map(ident, list("abcdef"))) == list("abcdef")
+        assert list(ex.map(square, gen)) == [i * i for i in range(5000)]
+        assert list(ex.map(add, range(3000), range(10, 20000))) == [2 * i + 10 for i in range(3000)]
+        assert list(ex.map(ident, [])) == []
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("bad", [0, 7, 999, 4321])
+def test_default_map_raises_at_its_own_item(bad):
+    """Every result before the failing item is delivered, then its exception."""
+    with pyexec.ProcessPoolExecutor(2) as ex:
+        got = []
+        with pytest.raises(ValueError) as info:
+            for x in ex.map(fail_at, range(5000), itertools.repeat(bad)):
+                got.append(x)
+    assert got == list(range(bad))
+    assert info.value.args == (bad,)
+    assert "fail_at" in str(info.value.__cause__)  # the worker's traceback
+
+
+@pytest.mark.timeout(60)
+def test_default_map_unpicklable_item_and_result_fail_at_their_item():
+    """An item that cannot be pickled, or a result that cannot, fails at its own place."""
+    with pyexec.ProcessPoolExecutor(2) as ex:
+        items: list = list(range(100))
+        items[40] = threading.Lock()
+        got = []
+        with pytest.raises(TypeError):
+            for x in ex.map(ident, items):
+                got.append(x)
+        assert got == list(range(40))
+        got = []
+        with pytest.raises(TypeError):
+            for x in ex.map(lock_at, range(3000), itertools.repeat(2500)):
+                got.append(x)
+        assert got == list(range(2500))
+        with pytest.raises(TypeError):
+            list(ex.map(return_lock, range(3)))
+        assert list(ex.map(ident, range(3))) == [0, 1, 2]  # the pool is fine
+
+
+@pytest.mark.timeout(60)
+def test_default_map_lambda_fails_as_with_pickle():
+    """The default serializer is pickle: a lambda fails as the stdlib's does."""
+    with pyexec.ProcessPoolExecutor(1) as ex:
+        it = ex.map(lambda x: x, range(3))
+        with pytest.raises((AttributeError, TypeError, Exception)) as info:
+            next(it)
+    assert "pickle" in repr(info.value).lower() or "lambda" in repr(info.value)
+
+
+@pytest.mark.timeout(60)
+def test_default_map_timeout_and_infinite_input_with_buffersize():
+    """timeout counts from the call; an infinite input works with buffersize."""
+    with pyexec.ProcessPoolExecutor(2) as ex:
+        it = ex.map(sleepy, [0.0, 5.0, 0.0], timeout=0.5)
+        assert next(it) == 0.0
+        with pytest.raises(cf.TimeoutError):
+            next(it)
+        pulled = [0]
+
+        def count():
+            for i in itertools.count():
+                pulled[0] += 1
+                yield i
+
+        it = ex.map(square, count(), buffersize=8)
+        assert list(itertools.islice(it, 100)) == [i * i for i in range(100)]
+        it.close()
+        assert pulled[0] == 108  # 3.14: one more call submitted per step
+
+
+@pytest.mark.timeout(60)
+def test_per_call_guarantees_keep_one_call_per_item(tmp_path):
+    """With a deadline each item has its own: one slow item times out, the rest do not."""
+    with pyexec.ProcessPoolExecutor(2, task_timeout=1.0) as ex:
+        it = ex.map(sleepy, [0.0, 0.0, 30.0, 0.0])
+        assert [next(it), next(it)] == [0.0, 0.0]
+        with pytest.raises(pyexec.TaskTimeout):
+            next(it)
+
+
+# ---- issue 14: results let go of, items pickled by the caller, stats per item ----
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, {"chunksize": 1}, {"chunksize": 3}, {"unordered": True}, {"buffersize": 2}],
+)
+def test_map_iterator_keeps_no_yielded_result(kwargs):
+    """bpo-14406 (CPython's test_free_reference): a result the caller dropped is freed
+    while the iteration goes on."""
+    with pyexec.ProcessPoolExecutor(2) as ex:
+        alive = []
+        for obj in ex.map(make_big, range(20), **kwargs):
+            ref = weakref.ref(obj)
+            del obj
+            gc.collect()
+            alive.append(ref() is not None)
+    assert not any(alive), alive
+
+
+@pytest.mark.timeout(60)
+def test_map_items_are_pickled_in_the_callers_thread():
+    """An item whose pickling blocks stalls map()'s own thread, not the manager:
+    an unrelated submit completes while the pickling is still blocked."""
+    Gate.started.clear()
+    Gate.release.clear()
+    with pyexec.ProcessPoolExecutor(2) as ex:
+        ex.submit(ident, 0).result(30)  # the pool is up
+        mapper = threading.Thread(target=lambda: list(ex.map(ident, [Gate(), 1, 2])))
+        mapper.start()
+        try:
+            assert Gate.started.wait(30)
+            # Before the fix the manager itself pickled the item and this waited.
+            assert ex.submit(ident, "other").result(timeout=10) == "other"
+            assert not Gate.release.is_set()
+        finally:
+            Gate.release.set()
+            mapper.join(30)
+    assert not mapper.is_alive()
+
+
+@pytest.mark.timeout(60)
+def test_stats_count_a_chunked_maps_items_as_calls():
+    """A default map's items count one by one: submitted, completed, failed."""
+    with pyexec.ProcessPoolExecutor(2) as ex:
+        assert list(ex.map(ident, range(10000))) == list(range(10000))
+        s = ex.stats()
+        assert (s.submitted, s.completed, s.failed, s.pending) == (10000, 10000, 0, 0)
+        with pytest.raises(ValueError):
+            list(ex.map(fail_at, range(3), itertools.repeat(2)))
+        s = ex.stats()
+    assert (s.submitted, s.completed, s.failed) == (10003, 10002, 1)
+
+
+# ---- unordered ---------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kwargs", [{}, {"chunksize": 1}, {"chunksize": 4}, {"buffersize": 3}])
+def test_unordered_yields_each_item_once_as_they_finish(kwargs):
+    """A slow first item comes late (with the few queued behind it on its
+    worker); every result once."""
+    with pyexec.ProcessPoolExecutor(2) as ex:
+        # Both workers up, and a window of one call (tiny calls before would
+        # let one worker queue every item behind the slow one).
+        assert list(ex.map(sleepy, [0.3, 0.3], chunksize=1)) == [0.3, 0.3]
+        items = [1.0] + [0.0] * 40
+        got = list(ex.map(sleepy, items, unordered=True, **kwargs))
+    assert sorted(got) == sorted(items)
+    assert got.index(1.0) >= len(items) // 2, got
+
+
+@pytest.mark.timeout(60)
+def test_unordered_raises_when_its_item_is_reached():
+    with pyexec.ProcessPoolExecutor(2) as ex:
+        with pytest.raises(ValueError):
+            list(ex.map(fail_at, range(100), unordered=True))
+        with pytest.raises(cf.TimeoutError):
+            list(ex.map(sleepy, [5.0, 0.0], unordered=True, timeout=0.5))
+
+
+def test_bad_new_arguments_name_themselves():
+    with pyexec.ProcessPoolExecutor(1) as ex:
+        with pytest.raises(TypeError, match="unordered"):
+            ex.map(ident, range(3), unordered="yes")
+        with pytest.raises(TypeError, match="progress"):
+            ex.map(ident, range(3), progress=42)
+        assert ex.stats().submitted == 0
+
+
+# ---- progress ----------------------------------------------------------------
+
+
+class Counter:
+    def __init__(self) -> None:
+        self.n = 0
+        self.closed = False
+        self.lock = threading.Lock()
+
+    def update(self, n: int = 1) -> None:
+        with self.lock:
+            self.n += n
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kwargs", [{}, {"chunksize": 1}, {"chunksize": 7}, {"unordered": True}])
+def test_progress_object_counts_every_item_and_stays_open(kwargs):
+    bar = Counter()
+    with pyexec.ProcessPoolExecutor(2) as ex:
+        assert list(ex.map(ident, range(500), progress=bar, **kwargs)) is not None
+    assert bar.n == 500 and not bar.closed
+
+
+@pytest.mark.timeout(60)
+def test_progress_true_draws_a_tqdm_bar(monkeypatch, capfd):
+    tqdm = pytest.importorskip("tqdm")
+    monkeypatch.setattr(tqdm.tqdm, "monitor_interval", 0)  # no monitor thread
+    with pyexec.ProcessPoolExecutor(2) as ex:
+        assert list(ex.map(ident, range(300), progress=True)) == list(range(300))
+    err = capfd.readouterr().err
+    assert "300/300" in err
+
+
+def test_progress_true_without_tqdm_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    with pyexec.ProcessPoolExecutor(1) as ex:
+        with pytest.raises(ImportError, match=r"pyexec\[progress\]"):
+            ex.map(ident, range(3), progress=True)
+        assert ex.stats().submitted == 0  # raised before any work was sent
+
+
+# ---- a wrapped or overridden submit sees map's calls ----------------------------
+
+
+@pytest.mark.timeout(60)
+def test_tqdm_process_map_bar_reaches_the_end():
+    """tqdm's process_map wraps ex.submit on the instance and counts in a done-callback."""
+    concurrent = pytest.importorskip("tqdm.contrib.concurrent")
+    from tqdm import tqdm
+
+    class Bar(tqdm):
+        monitor_interval = 0
+        last = None
+
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            Bar.last = self
+
+    for chunksize in (1, 4):
+        out = concurrent._executor_map(
+            pyexec.ProcessPoolExecutor,
+            square,
+            range(50),
+            max_workers=2,
+            chunksize=chunksize,
+            tqdm_class=Bar,
+            file=io.StringIO(),
+        )
+        assert out == [i * i for i in range(50)]
+        assert Bar.last.n == (50 if chunksize == 1 else 13), chunksize
+
+
+@pytest.mark.timeout(60)
+def test_subclass_submit_sees_every_call_of_map():
+    calls = []
+
+    class Counting(pyexec.ProcessPoolExecutor):
+        def submit(self, fn, /, *args, **kwargs):
+            calls.append(args)
+            return super().submit(fn, *args, **kwargs)
+
+    with Counting(2) as ex:
+        assert list(ex.map(square, range(10))) == [i * i for i in range(10)]
+        assert len(calls) == 10
+        assert list(ex.map(square, range(10), chunksize=4)) == [i * i for i in range(10)]
+        assert len(calls) == 13
+        assert sorted(ex.map(square, range(10), unordered=True)) == [i * i for i in range(10)]
