@@ -5,13 +5,16 @@ caller's thread, stats() per item."""
 
 from __future__ import annotations
 
+import ast
 import concurrent.futures as cf
 import gc
 import io
 import itertools
+import subprocess
 import sys
 import threading
 import weakref
+from pathlib import Path
 
 import pytest
 from map_funcs import Gate, add, fail_at, ident, lock_at, make_big, return_lock, sleepy, square
@@ -164,6 +167,21 @@ def test_stats_count_a_chunked_maps_items_as_calls():
     assert (s.submitted, s.completed, s.failed) == (10003, 10002, 1)
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kwargs", [{}, {"chunksize": 1}])
+def test_stats_drop_an_abandoned_maps_items_from_pending(kwargs):
+    """Items of a map whose iterator was closed are no longer pending (they will
+    never run), while the worker is still busy with the ones it holds."""
+    with pyexec.ProcessPoolExecutor(1) as ex:
+        it = ex.map(sleepy, [0.0] + [0.2] * 200, **kwargs)
+        assert next(it) == 0.0
+        assert ex.stats().pending > 150
+        it.close()
+        s = ex.stats()
+        assert s.pending == 0, s
+        assert s.submitted == 201
+
+
 # ---- unordered ---------------------------------------------------------------
 
 
@@ -290,3 +308,103 @@ def test_subclass_submit_sees_every_call_of_map():
         assert list(ex.map(square, range(10), chunksize=4)) == [i * i for i in range(10)]
         assert len(calls) == 13
         assert sorted(ex.map(square, range(10), unordered=True)) == [i * i for i in range(10)]
+
+
+# ---- serializer="cloudpickle" ----------------------------------------------------
+
+
+@pytest.mark.timeout(90)
+def test_cloudpickle_sends_lambdas_and_closures_both_ways(ctx):
+    """Functions and arguments go with cloudpickle under every start method, and
+    results come back the same way (a lambda returned)."""
+    pytest.importorskip("cloudpickle")
+    k = 3
+    with pyexec.ProcessPoolExecutor(2, mp_context=ctx, serializer="cloudpickle") as ex:
+        assert list(ex.map(lambda x: x * k, range(2000))) == [3 * i for i in range(2000)]
+        assert list(ex.map(lambda a, b: a + b, range(5), range(5), chunksize=2)) == [
+            0,
+            2,
+            4,
+            6,
+            8,
+        ]
+        assert ex.submit(lambda: lambda y: y + k).result(30)(1) == 4
+        assert ex.submit(map_apply, lambda v: -v, 5).result(30) == -5
+
+
+def map_apply(f, x):
+    return f(x)
+
+
+def test_cloudpickle_pickles_a_function_once(monkeypatch):
+    """Once per map, and once per function object for submit."""
+    cloudpickle = pytest.importorskip("cloudpickle")
+    fn = lambda x: x + 1  # noqa: E731
+    seen = []
+    real = cloudpickle.dumps
+
+    def counting(obj, *a, **k):
+        seen.append(obj)
+        return real(obj, *a, **k)
+
+    with pyexec.ProcessPoolExecutor(2, serializer="cloudpickle") as ex:
+        monkeypatch.setattr(ex, "_dumps", counting)
+        assert list(ex.map(fn, range(3000))) == list(range(1, 3001))
+        assert sum(1 for o in seen if o is fn) == 1
+        assert [ex.submit(fn, i).result(30) for i in range(3)] == [1, 2, 3]
+    assert sum(1 for o in seen if o is fn) == 2  # once for map, once for 3 submits
+
+
+def test_default_serializer_fails_a_lambda_as_pickle_does():
+    with pyexec.ProcessPoolExecutor(1) as ex:
+        with pytest.raises(Exception, match="lambda"):
+            ex.submit(lambda: 1).result(30)
+
+
+def test_serializer_argument_checked():
+    with pytest.raises(ValueError, match="serializer"):
+        pyexec.ProcessPoolExecutor(1, serializer="dill")
+    with pytest.raises(TypeError, match="serializer"):
+        pyexec.ProcessPoolExecutor(1, serializer=None)
+
+
+def test_cloudpickle_missing_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cloudpickle", None)
+    with pytest.raises(ImportError, match=r"pyexec\[cloudpickle\]"):
+        pyexec.ProcessPoolExecutor(1, serializer="cloudpickle")
+
+
+# ---- the README's examples -------------------------------------------------------
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+SECTIONS = ("### The map family", "### Lambdas and closures")
+
+
+def _readme_examples() -> list[str]:
+    """The python blocks of the README's map family and cloudpickle sections."""
+    text = README.read_text()
+    out = []
+    for head in SECTIONS:
+        body = text[text.index(head) :]
+        body = body[: body.index("\n### ", 1)]
+        out += [b.split("```", 1)[0] for b in body.split("```python\n")[1:]]
+    return out
+
+
+@pytest.mark.timeout(120)
+def test_readme_map_examples_run(tmp_path):
+    examples = _readme_examples()
+    assert len(examples) == 4
+    outputs = []
+    for i, code in enumerate(examples):
+        script = tmp_path / f"example{i}.py"
+        script.write_text(code)
+        done = subprocess.run(
+            [sys.executable, str(script)], capture_output=True, text=True, timeout=100
+        )
+        assert done.returncode == 0, done.stderr
+        outputs.append(done.stdout.strip())
+    assert outputs[0] == str(sum(i * i for i in range(1_000_000)))
+    assert sorted(ast.literal_eval(outputs[1])) == [0.0, 0.0, 0.1, 0.5]
+    assert outputs[2] == "1000"
+    assert outputs[3] == "[10, 11, 12, 13, 14]"

@@ -843,7 +843,10 @@ class ProcessPoolExecutor(Executor):
         # the manager takes from the deque without the executor's lock, and
         # iterating it in Python while it did raised "deque mutated".
         queued = tuple(self._pending)
-        pending = sum(e.waiting if e.__class__ is MapJob else 1 for e in queued)
+        # A dropped map's items leave at once (the manager discards them later).
+        pending = sum(
+            (0 if e.cancelled else e.waiting) if e.__class__ is MapJob else 1 for e in queued
+        )
         if mgr is None:
             return PoolStats(0, 0, 0, pending, 0, 0, 0)
         submitted, completed, failed, running, alive, replaced = mgr.counters()
