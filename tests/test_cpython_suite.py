@@ -66,11 +66,7 @@ if os.environ.get("PYEXEC_CPYTHON_TESTS"):  # tests copied from elsewhere (cpyth
             "cannot import the copied test module"
         )
 
-KNOWN_FAILING: dict[str, str] = {
-    "ProcessPoolExecutorTest.test_free_reference": (
-        "issue 14: map's result iterator keeps a reference to results already yielded (bpo-14406)"
-    ),
-}
+KNOWN_FAILING: dict[str, str] = {}
 
 # Known bugs whose test passes now and then by timing: a non-strict xfail (a
 # strict one would flake). Once fixed, the test passes every time: remove it.

@@ -21,7 +21,7 @@ from ._errors import BROKEN_PREFIX
 from ._future import start_fast
 from ._lanes import WINDOW_PAIR, Lane, State
 from ._launch import LauncherGone
-from ._tasks import MapJob, Task
+from ._tasks import MapJob, RawBlock, Task, split_block
 from ._waiter import READABLE, WRITABLE
 
 UP, EXITING = State.UP, State.EXITING
@@ -241,12 +241,28 @@ class Dispatch:
             if task is None:
                 return 0
             task.owner = self
-        task.started = True
         blocks = task.args
-        if blocks[0].__class__ is not bytes:  # the exception pickling it raised
+        first = blocks[0]
+        if first.__class__ is RawBlock:  # items map() left for this thread to pickle
+            try:
+                blocks[0] = job.dumps(first.items, pickle.HIGHEST_PROTOCOL)
+            except BaseException:
+                # Split it, and fail only the item that cannot be pickled.
+                parts = split_block(job.dumps, first.items, task.index)
+                with self.lock:
+                    if not job.cancelled:
+                        job.items.extendleft(reversed(parts))
+                        job.waiting += task.count
+                        if not job.queued:
+                            job.queued = True
+                            self.pending.appendleft(job)
+                return 0
+        elif first.__class__ is not bytes:  # the exception pickling it raised
+            task.started = True
             self.failed += 1
-            task.settle(None, blocks[0])
+            task.settle(None, first)
             return 0
+        task.started = True
         payload = pickle.dumps((job.fn_pickle, blocks, job.star), pickle.HIGHEST_PROTOCOL)
         w.writer.push(frames.KIND_BATCH, task.tid, payload, 0)
         w.inflight.append(task)

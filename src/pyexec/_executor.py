@@ -40,7 +40,7 @@ from ._errors import BrokenProcessPool
 from ._future import Future
 from ._launch import Launcher, ProcessLauncher
 from ._manager import Manager, managers
-from ._tasks import MapJob, Task, drain_pending, dump_call, dump_call_with
+from ._tasks import MapJob, RawBlock, Task, drain_pending, dump_call, dump_call_with, split_block
 from ._worker import WorkerConfig
 from ._zygote import ZygoteLauncher
 
@@ -118,30 +118,10 @@ def _default_workers() -> int:
 # most this many items; map() hands them to the manager this many at a time.
 BLOCK_MAX = 1024
 BLOCKS_PER_QUEUE = 64
+# map() pickles at most about this many bytes of a map's items itself; the
+# manager pickles the rest as it sends them.
+PICKLE_AHEAD = 32 * 1024 * 1024
 _END = object()  # closes a list drained by _drain
-
-
-def _split_block(dumps: Callable, part: Any, start: int) -> list:
-    """A block that could not be pickled, as blocks: the items before the
-    first bad one, then that one alone as its exception, then the rest."""
-    proto = pickle.HIGHEST_PROTOCOL
-    out: list = []
-    for j in range(len(part)):
-        try:
-            dumps(part[j], proto)
-        except BaseException as exc:
-            if j:
-                out.append((start, j, dumps(part[:j], proto)))
-            out.append((start + j, 1, exc))
-            rest = part[j + 1 :]
-            if len(rest):
-                try:
-                    out.append((start + j + 1, len(rest), dumps(rest, proto)))
-                except BaseException:
-                    out.extend(_split_block(dumps, rest, start + j + 1))
-            return out
-    out.append((start, len(part), dumps(part, proto)))  # pickled on a second try
-    return out
 
 
 def _drain(values: list) -> Iterator[Any]:
@@ -616,7 +596,9 @@ class ProcessPoolExecutor(Executor):
             raise
         except BaseException as exc:
             fn_pickle = exc
-        return MapJob(fn, star, self._task_timeout, fn_pickle, chunked, bar)
+        job = MapJob(fn, star, self._task_timeout, fn_pickle, chunked, bar)
+        job.dumps = self._dumps
+        return job
 
     def _map(
         self,
@@ -715,18 +697,26 @@ class ProcessPoolExecutor(Executor):
         fn_error = job.fn_pickle if job.fn_pickle.__class__ is not bytes else None
         dumps, proto = self._dumps, pickle.HIGHEST_PROTOCOL
         blocks: list = []
-        i, size, queued = 0, 1, 0
+        i, size, queued, ahead = 0, 1, 0, 0
         while i < n:
             part = seq[i : i + size]
             if fn_error is not None:
                 blocks.append((start + i, len(part), fn_error))
+            elif ahead > PICKLE_AHEAD:
+                # Enough pickles held at once: the manager pickles the rest as
+                # it sends them (big items are not all copied up front).
+                blocks.append((start + i, len(part), RawBlock(part)))
             else:
                 try:
-                    blocks.append((start + i, len(part), dumps(part, proto)))
+                    data = dumps(part, proto)
                 except KeyboardInterrupt:
                     raise
                 except BaseException:  # find the item: it alone fails, at its turn
-                    blocks.extend(_split_block(dumps, part, start + i))
+                    blocks.extend(split_block(dumps, part, start + i))
+                else:
+                    ahead += len(data)
+                    blocks.append((start + i, len(part), data))
+                    del data
             i += len(part)
             if size < bmax and len(blocks) % 2 == 0:
                 size = min(bmax, size * 2)

@@ -50,7 +50,7 @@ from ._handoff import HandOff
 from ._lanes import Kill, Lane, State, Window
 from ._launch import Launcher
 from ._outcomes import EXIT_STATUS_WAIT, Outcomes
-from ._tasks import Task
+from ._tasks import ChunkTask, Task
 from ._waiter import READABLE, Waiter
 
 if TYPE_CHECKING:
@@ -202,7 +202,12 @@ class Manager(Dispatch, Outcomes, HandOff):
     def counters(self) -> tuple[int, int, int, int, int, int]:
         """(submitted, completed, failed, running, workers alive, replaced) as of
         now; racy by design (no lock), each one exact."""
-        running = sum(len(w.inflight) for w in list(self.workers))
+        # A chunk of a map counts its items (list() copies a deque in one C call).
+        running = sum(
+            t.count if t.__class__ is ChunkTask else 1
+            for w in list(self.workers)
+            for t in list(w.inflight)
+        )
         alive = sum(1 for w in list(self.workers) if w.state is not DEAD)
         return self.submitted, self.completed, self.failed, running, alive, self.replaced
 

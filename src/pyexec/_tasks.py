@@ -164,11 +164,13 @@ class MapJob:
     __slots__ = (
         "cancelled",
         "chunked",
+        "dumps",
         "fn",
         "fn_pickle",
         "item_time",
         "items",
         "lists",
+        "measured",
         "next_index",
         "progress",
         "queue",
@@ -189,6 +191,7 @@ class MapJob:
     ) -> None:
         self.fn = fn
         self.fn_pickle = fn_pickle  # fn's pickle, made once by map()
+        self.dumps: Callable = pickle.dumps  # the executor's serializer
         self.star = star  # items are argument tuples: fn(*item); else fn(item)
         self.timeout = timeout
         self.chunked = chunked
@@ -198,6 +201,7 @@ class MapJob:
         self.next_index = 0
         self.waiting = 0  # items not yet dispatched (stats().pending)
         self.item_time = 0.0  # chunked: EWMA of a worker's seconds per item (0: unknown)
+        self.measured = 0  # chunked: the most items one answered chunk held
         self.lists = False  # each call's result is a list of item results (explicit chunksize)
         self.queued = False
         self.cancelled = False
@@ -223,9 +227,11 @@ class MapJob:
 
     def take_chunk(self, ids: Iterator[int], workers: int) -> ChunkTask | None:
         """The next chunk (lock held): blocks worth CHUNK_SECONDS of work, one
-        block while that is not known yet, and never more than a 1/(2 workers)
-        share of what waits, so the last chunks end together. A block that
-        could not be pickled travels alone (its task fails at once)."""
+        block while that is not known yet, at most twice the largest chunk
+        measured, and never more than a 1/(2 workers) share of what waits, so
+        the last chunks end together. A block that
+        could not be pickled travels alone (its task fails at once), and so does
+        one left for the manager to pickle (RawBlock)."""
         items = self.items
         if not items:
             return None
@@ -236,6 +242,10 @@ class MapJob:
             share = self.waiting // (2 * workers)
             if want > share:
                 want = share
+            # At most twice the largest chunk measured: a few fast items
+            # first do not send a big chunk of slow ones.
+            if want > 2 * self.measured:
+                want = 2 * self.measured
             while items and count < want and items[0][2].__class__ is bytes:
                 _, n, data = items.popleft()
                 blocks.append(data)
@@ -248,6 +258,39 @@ class MapJob:
         progress = self.progress
         if progress is not None:
             progress.advance(n)
+
+
+def split_block(dumps: Callable, part: Any, start: int) -> list:
+    """A block that could not be pickled, as blocks: the items before the
+    first bad one, then that one alone as its exception, then the rest."""
+    proto = pickle.HIGHEST_PROTOCOL
+    out: list = []
+    for j in range(len(part)):
+        try:
+            dumps(part[j], proto)
+        except BaseException as exc:
+            if j:
+                out.append((start, j, dumps(part[:j], proto)))
+            out.append((start + j, 1, exc))
+            rest = part[j + 1 :]
+            if len(rest):
+                try:
+                    out.append((start + j + 1, len(rest), dumps(rest, proto)))
+                except BaseException:
+                    out.extend(split_block(dumps, rest, start + j + 1))
+            return out
+    out.append((start, len(part), dumps(part, proto)))  # pickled on a second try
+    return out
+
+
+class RawBlock:
+    """Items of a chunked map that map() left for the manager to pickle as it
+    sends them (beyond what map() pickles ahead: see _executor.PICKLE_AHEAD)."""
+
+    __slots__ = ("items",)
+
+    def __init__(self, items: Any) -> None:
+        self.items = items
 
 
 # A chunk of the default map carries about this much work (seconds of a
@@ -276,6 +319,8 @@ class ChunkTask(Task):
         if exc is None and value is not None:
             values, err, seconds = value
             done = len(values)
+            if done > job.measured:
+                job.measured = done
             if done and seconds > 0:
                 t = seconds / done
                 job.item_time = (
