@@ -227,8 +227,8 @@ class MapJob:
 
     def take_chunk(self, ids: Iterator[int], workers: int) -> ChunkTask | None:
         """The next chunk (lock held): blocks worth CHUNK_SECONDS of work, one
-        block while that is not known yet, at most twice the largest chunk
-        measured, and never more than a 1/(2 workers) share of what waits, so
+        block while that is not known yet, at most GROWTH times the largest
+        chunk measured, and never more than a 1/(2 workers) share of what waits, so
         the last chunks end together. A block that
         could not be pickled travels alone (its task fails at once), and so does
         one left for the manager to pickle (RawBlock)."""
@@ -242,10 +242,10 @@ class MapJob:
             share = self.waiting // (2 * workers)
             if want > share:
                 want = share
-            # At most twice the largest chunk measured: a few fast items
-            # first do not send a big chunk of slow ones.
-            if want > 2 * self.measured:
-                want = 2 * self.measured
+            # At most GROWTH times the largest chunk measured: a few fast
+            # items first do not send a big chunk of slow ones.
+            if want > GROWTH * self.measured:
+                want = GROWTH * self.measured
             while items and count < want and items[0][2].__class__ is bytes:
                 _, n, data = items.popleft()
                 blocks.append(data)
@@ -297,6 +297,9 @@ class RawBlock:
 # worker's time): long enough that its round trip and its frames cost
 # nothing per item, short enough that the last chunks end together.
 CHUNK_SECONDS = 0.01
+# A chunk holds at most this many times the items of the largest chunk
+# answered so far: tiny items reach full chunks in a few round trips.
+GROWTH = 8
 
 
 class ChunkTask(Task):
