@@ -208,13 +208,22 @@ def _result_iterator(
     return _refilling(entries, refill, refill_per_item)
 
 
+class _Chained(itertools.chain):
+    """map's iterator without buffersize: every result, by C-level chaining of
+    the drained outcome lists (no Python frame per item), with the close()
+    of the generator the stdlib's map returns."""
+
+    _entries: Any
+
+    def close(self) -> None:
+        """Stop: the calls not yet sent are dropped, as when the iterator is dropped."""
+        self._entries.close()
+
+
 def _chained(entries: Iterator[list]) -> Iterator[Any]:
-    """Every result, by C-level chaining of the drained lists (a generator, as
-    the stdlib's map returns: it has close())."""
-    try:
-        yield from itertools.chain.from_iterable(map(_drain, entries))
-    finally:
-        entries.close()
+    it = _Chained.from_iterable(map(_drain, entries))
+    it._entries = entries
+    return it
 
 
 def _refilling(
