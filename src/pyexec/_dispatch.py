@@ -226,6 +226,7 @@ class Dispatch:
         sent again (requeued)."""
         if batch:
             task = batch[0]
+            task.owner = self  # (drained by shutdown's cancel, then kept)
         else:
             with self.lock:
                 task = None

@@ -20,6 +20,7 @@ from queue import SimpleQueue
 from types import BuiltinFunctionType, FunctionType, ModuleType
 from typing import TYPE_CHECKING, Any
 
+from ._errors import CallUnpicklingError
 from ._future import Future, settle_fast
 
 if TYPE_CHECKING:
@@ -358,7 +359,7 @@ def _load_remote_exception(err: Any, tid: int) -> BaseException:
     try:
         exc, tb = pickle.loads(err)
     except BaseException as e:
-        out = pickle.UnpicklingError(f"the exception of call {tid} could not be unpickled: {e!r}")
+        out = CallUnpicklingError(f"the exception of call {tid} could not be unpickled: {e!r}")
         out.__cause__ = e
         return out
     exc.__cause__ = _RemoteTraceback(f'\n"""\n{tb}"""')
