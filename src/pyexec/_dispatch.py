@@ -1,8 +1,9 @@
 """Dispatch: pending calls to the workers, and the workers themselves.
 
 The manager's side that sends: start workers as the backlog asks, hand
-pending calls to workers with room (many frames per write; map items as one
-BATCH frame per run), ask workers to exit, flush call pipes that were full.
+pending calls to workers with room (many frames per write; a per-item map's
+items as one BATCH frame per run, a chunked map's as one BATCH frame per
+chunk, see _push_chunk), ask workers to exit, flush call pipes that were full.
 A mixin of Manager: these methods run in the manager thread only, with
 dispatch_lock held. They write ``pending`` (pop), the lanes' ``inflight``,
 ``quota``, ``mark`` and ``state`` (to EXITING), ``starting``,

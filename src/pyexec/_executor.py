@@ -620,10 +620,11 @@ class ProcessPoolExecutor(Executor):
     ) -> Iterator[Any]:
         """map with one call per item (per_item) or per explicit chunk (a list of results)."""
         total = self._submit_items(
-            job, 0, itertools.islice(calls, buffersize) if buffersize else calls
+            job,
+            0,
+            itertools.islice(calls, buffersize) if buffersize else calls,
+            announce=per_item and not buffersize,
         )
-        if job.progress is not None and per_item and not buffersize:
-            job.progress.known(total)
         state = _MapState(job, total, end_time, unordered)
         refill = None
         if buffersize:
@@ -675,8 +676,11 @@ class ProcessPoolExecutor(Executor):
             state.total = self._submit_blocks(job, 0, seq, bmax)
         return _result_iterator(state, refill, refill_per_item=True)
 
-    def _submit_items(self, job: MapJob, start: int, items: Iterable[Any]) -> int:
-        """Queue map items (one call each) from index start, each pickled here; return how many."""
+    def _submit_items(
+        self, job: MapJob, start: int, items: Iterable[Any], announce: bool = False
+    ) -> int:
+        """Queue map items (one call each) from index start, each pickled here;
+        return how many. announce: the count is the map's total (a progress bar's)."""
         self._check_owner()
         fn_error = job.fn_pickle if job.fn_pickle.__class__ is not bytes else None
         pickles: list = []
@@ -691,6 +695,8 @@ class ProcessPoolExecutor(Executor):
                 raise
             except BaseException as exc:  # that item alone fails, at its turn
                 pickles.append(exc)
+        if announce and job.progress is not None:
+            job.progress.known(len(pickles))  # before any item can finish
         if not pickles:
             return 0
         self._queue_entries(job, pickles, len(pickles))

@@ -2,7 +2,8 @@
 
 Read what the call pipe has, decode every complete frame, run each call in
 order, pickle the result or the exception (with its traceback text) and write
-the results back, several in one write when they come quickly. An EXIT frame
+the results back, several in one write when they come quickly. A chunk of
+the default map is answered by one frame: its results as one list. An EXIT frame
 is answered with EXIT_ACK and a normal exit; end of file on the call pipe
 means the parent is gone, and the worker exits at once.
 """
@@ -385,4 +386,7 @@ def _run_chunk(call, tid, dumps, proto, rss, max_memory) -> tuple[bytes, int]:
             err = _dumps_exception(exc)
             del exc
             break
-    return dumps((results, err, seconds), proto), flags
+    try:
+        return dumps((results, err, seconds), proto), flags
+    except BaseException as exc:  # the list as a whole (too deep...): fail at its start
+        return dumps(([], _dumps_exception(exc), seconds), proto), flags
