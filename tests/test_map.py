@@ -327,6 +327,10 @@ def test_subclass_submit_sees_every_call_of_map():
         assert list(ex.map(square, range(10), chunksize=4)) == [i * i for i in range(10)]
         assert len(calls) == 13
         assert sorted(ex.map(square, range(10), unordered=True)) == [i * i for i in range(10)]
+        bar = Counter()
+        it = ex.map(square, range(10), chunksize=3, buffersize=2, progress=bar)
+        assert list(it) == [i * i for i in range(10)]
+        assert len(calls) == 23 + 4 and bar.n == 10  # 4 chunks of 3
 
 
 # ---- serializer="cloudpickle" ----------------------------------------------------

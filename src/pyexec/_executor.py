@@ -341,16 +341,20 @@ def _map_via_submit(
             f.add_done_callback(done.put)
         return f
 
-    fs = deque(map(submit, itertools.islice(zipped, buffersize) if buffersize else zipped))
+    first: Iterable = itertools.islice(zipped, buffersize) if buffersize else zipped
     if bar is not None and chunksize == 1 and not buffersize:
-        bar.known(len(fs))
+        first = list(first)
+        bar.known(len(first))  # before any call can finish
+    # Unordered: a set, each future taken out as it finishes.
+    fs: Any = (set if unordered else deque)(map(submit, first))
+    add = fs.add if unordered else fs.append
     ex_ref = weakref.ref(ex)
 
     def result_iterator() -> Iterator[Any]:
         try:
             while fs:
                 if buffersize and (e := ex_ref()) is not None and (args := next(zipped, None)):
-                    fs.append(submit(args))
+                    add(submit(args))
                     del e
                 remaining = None if end_time is None else end_time - time.monotonic()
                 if unordered:
@@ -358,7 +362,7 @@ def _map_via_submit(
                         f = done.get(timeout=None if remaining is None else max(0, remaining))
                     except Empty:
                         raise FuturesTimeoutError() from None
-                    fs.remove(f)
+                    fs.discard(f)
                 else:
                     f = fs.popleft()
                 if chunksize == 1:
