@@ -121,6 +121,17 @@ def test_default_map_timeout_and_infinite_input_with_buffersize():
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("kwargs", [{}, {"chunksize": 1}, {"chunksize": 3}, {"buffersize": 4}])
+def test_closed_map_iterator_yields_nothing_more(kwargs):
+    """As the stdlib's generator: after close(), next() raises StopIteration."""
+    with pyexec.ProcessPoolExecutor(2) as ex:
+        it = ex.map(ident, range(5000), **kwargs)
+        assert next(it) == 0
+        it.close()
+        assert list(it) == []
+
+
+@pytest.mark.timeout(60)
 def test_per_call_guarantees_keep_one_call_per_item(tmp_path):
     """With a deadline each item has its own: one slow item times out, the rest do not."""
     with pyexec.ProcessPoolExecutor(2, task_timeout=1.0) as ex:

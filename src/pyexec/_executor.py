@@ -216,8 +216,10 @@ class _Chained(itertools.chain):
     _entries: Any
 
     def close(self) -> None:
-        """Stop: the calls not yet sent are dropped, as when the iterator is dropped."""
+        """Stop: the calls not yet sent are dropped, as when the iterator is
+        dropped, and nothing more is yielded (the results at hand are let go)."""
         self._entries.close()
+        deque(self, 0)
 
 
 def _chained(entries: Iterator[list]) -> Iterator[Any]:
