@@ -17,6 +17,7 @@ import signal
 import time
 
 from . import _frames as frames
+from ._buffers import Pickled
 from ._errors import BROKEN_PREFIX
 from ._future import start_fast
 from ._lanes import WINDOW_PAIR, Lane, State
@@ -54,6 +55,8 @@ class Dispatch:
 
     def _add_worker(self, w: Lane) -> None:
         w.quota = self.max_tasks
+        if w.chan is not None:
+            w.chan.size = self.arena_size
         self.workers.append(w)
         self.by_fd[w.result_fd] = w
         self.by_fd[w.sentinel] = w
@@ -128,6 +131,7 @@ class Dispatch:
                     room = min(room, w.quota)
                 idle = not inflight
                 push = w.writer.push
+                chan = w.chan
                 KIND_CALL = frames.KIND_CALL
                 sent = 0
                 while sent < room:
@@ -149,7 +153,13 @@ class Dispatch:
                             run.append(pending.popleft())
                         for task in start_fast(run):  # cancelled ones are left out
                             report = frames.FLAG_STARTED if task.timeout is not None else 0
-                            push(KIND_CALL, task.tid, task.payload, report)
+                            if task.oob is None and (chan is None or not chan.releasing()):
+                                push(KIND_CALL, task.tid, task.payload, report)
+                            else:
+                                encoded = self._encode_call(w, task)
+                                if encoded is None:
+                                    continue  # it could not be pickled: settled
+                                push(KIND_CALL, task.tid, encoded[0], report | encoded[1])
                             inflight.append(task)
                             sent += 1
                     elif task.start():  # a map item sent again after a restart
@@ -164,6 +174,35 @@ class Dispatch:
                 w.quota == 0 or w.recycle or (stopping and not pending and not inflight)
             ):
                 self._ask_exit(w, now)
+
+    def _encode_call(self, w: Lane, task: Task) -> tuple[bytes, int] | None:
+        """A call's frame payload and flags for w: its big buffers placed in w's
+        arena now (referenced, not copied, until here), the releases of w's results
+        riding along. In-band when w has no shared memory. None (the call failed,
+        settled) when its in-band pickle fails."""
+        chan, oob = w.chan, task.oob
+        if oob is not None and chan is not None and chan.enabled:
+            # Views of their own: placing releases them, and the call keeps its
+            # buffers to be placed again if w dies before running it.
+            fresh = Pickled(oob.payload, [(k, memoryview(v)) for k, v in oob.buffers])
+            try:
+                return chan.encode(fresh), frames.FLAG_OOB
+            except OSError:
+                pass  # no shared memory at all (warned), or w is gone: in-band
+        payload = task.payload
+        if oob is not None:
+            try:
+                payload = pickle.dumps(task.args, pickle.HIGHEST_PROTOCOL)
+            except BaseException as exc:
+                self.failed += 1
+                task.settle(exc=exc)
+                return None
+        if chan is not None and chan.releasing():
+            try:
+                return chan.encode(None, payload), frames.FLAG_OOB
+            except OSError:
+                pass  # w is gone
+        return payload, 0
 
     def _push_batch(self, w: Lane, job: MapJob, room: int, batch: list | None = None) -> int:
         """Send up to room items of a map in one BATCH frame (job was popped from pending).

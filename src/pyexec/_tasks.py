@@ -20,7 +20,9 @@ from queue import SimpleQueue
 from types import BuiltinFunctionType, FunctionType, ModuleType
 from typing import TYPE_CHECKING, Any
 
+from ._buffers import Pickled
 from ._future import Future, settle_fast
+from ._payloads import has_big_bytes, pickle_big
 
 if TYPE_CHECKING:
     from ._lanes import Kill, Lane
@@ -41,6 +43,7 @@ class Task:
         "index",
         "job",
         "kill",
+        "oob",
         "owner",
         "payload",
         "started",
@@ -73,6 +76,10 @@ class Task:
         self.t0 = 0.0  # when its worker said it started (calls with a deadline)
         self.owner = owner  # the pool's manager (a submitted call): terminate_task checks it
         self.where: Lane | None = None  # the worker submit wrote it to itself (direct)
+        # A call with big buffers: its pickle without them (payload holds its
+        # bytes) and views of them, placed in its worker's arena at dispatch;
+        # args then holds (fn, args, kwargs), for an in-band pickle if need be.
+        self.oob: Pickled | None = None
 
     def start(self) -> bool:
         """Mark it running, as the stdlib does at dispatch; False if it was cancelled."""
@@ -197,18 +204,26 @@ _FN_REFS_MAX = 256
 _BY_NAME = (FunctionType, BuiltinFunctionType)
 
 
-def dump_call(fn: Callable, args: tuple, kwargs: dict) -> bytes:
+def dump_call(fn: Callable, args: tuple, kwargs: dict) -> bytes | Pickled:
     """The pickle of one call: (fn, args, kwargs); for a function its module
     names, fn's own pickle (bytes) in fn's place, and no kwargs when there are
     none (the worker resolves that name the same way: _worker._load_call).
     The common call, a named function with positional arguments, pickles as
-    a pair: a third less work than a 4-tuple holding an empty dict."""
+    a pair: a third less work than a 4-tuple holding an empty dict.
+
+    A call with big buffers (out-of-band ones, or big bytes among its
+    arguments) comes back as a Pickled: its buffers referenced, not copied,
+    until dispatch places them in shared memory (see _payloads)."""
+    call: tuple = (fn, args, kwargs)
     if fn.__class__ in _BY_NAME:
         entry = _fn_refs.get(fn) or _fn_ref(fn)
         if entry is not None and getattr(entry[1], entry[2], None) is fn:
             call = (entry[0], args, kwargs) if kwargs else (entry[0], args)
-            return pickle.dumps(call, pickle.HIGHEST_PROTOCOL)
-    return pickle.dumps((fn, args, kwargs), pickle.HIGHEST_PROTOCOL)
+    bufs: list = []
+    payload = pickle.dumps(call, pickle.HIGHEST_PROTOCOL, buffer_callback=bufs.append)
+    if bufs or has_big_bytes(call, payload):
+        return pickle_big(call)
+    return payload
 
 
 def _fn_ref(fn: Callable) -> tuple[bytes, ModuleType, str] | None:
