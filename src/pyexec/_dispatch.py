@@ -99,6 +99,8 @@ class Dispatch:
         inflight = w.inflight
         if w.recycle or (inflight and now - w.mark > WINDOW_PAIR):
             return 0
+        if inflight and w.chan is not None and w.chan.blocked:
+            return 0  # its big calls wait for room in its arena (see _dispatch)
         return self.window.size - len(inflight)
 
     def _has_room(self) -> bool:
@@ -132,6 +134,9 @@ class Dispatch:
                 idle = not inflight
                 push = w.writer.push
                 chan = w.chan
+                # Bytes of big arguments w may still take: beyond, a call waits
+                # for earlier ones to free their slots (not a fresh segment).
+                budget = chan.budget() if chan is not None else 0
                 KIND_CALL = frames.KIND_CALL
                 sent = 0
                 while sent < room:
@@ -139,6 +144,12 @@ class Dispatch:
                         task = pending.popleft()
                     except IndexError:
                         break
+                    if task.__class__ is Task and task.oob is not None and chan is not None:
+                        budget -= task.oob_bytes
+                        if budget < 0 and (inflight or sent):
+                            pending.appendleft(task)
+                            chan.blocked = True
+                            break
                     if task.__class__ is MapJob:
                         sent += self._push_batch(w, task, room - sent)
                     elif task.job is None:
@@ -149,6 +160,7 @@ class Dispatch:
                             and pending
                             and pending[0].__class__ is Task
                             and pending[0].job is None
+                            and pending[0].oob is None
                         ):
                             run.append(pending.popleft())
                         for task in start_fast(run):  # cancelled ones are left out

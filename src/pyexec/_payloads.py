@@ -96,7 +96,7 @@ def pickle_big(obj: Any) -> Pickled | bytes:
 class Channel:
     """One end of one worker's shared-memory channel (see the module's docstring)."""
 
-    __slots__ = ("_announce", "_mapped", "rx", "size", "sock", "tx")
+    __slots__ = ("_announce", "_mapped", "blocked", "rx", "size", "sock", "tx")
 
     def __init__(self, sock: int, size: int, mapped: bool) -> None:
         """sock: this end of the socketpair (owned: closed by close()); size: the
@@ -107,6 +107,9 @@ class Channel:
         self.tx: Sender | None = None  # made on the first big payload sent
         self.rx: Receiver | None = None  # made when the other end announces its arena
         self._announce: tuple[int, int] | None = None  # (fd, size) of our arena, unsent
+        # The parent held a big call back for want of room (see budget): set by
+        # the dispatch, cleared when releases come.
+        self.blocked = False
 
     @property
     def enabled(self) -> bool:
@@ -117,6 +120,17 @@ class Channel:
         """True when views of the other direction died and their slots wait to be told."""
         rx = self.rx
         return rx is not None and bool(rx._state.releases)
+
+    def budget(self) -> int:
+        """Bytes of big buffers the other end may still be sent before some of its
+        slots come back: a quarter of the arena, less what it holds. Placing more
+        would overflow into fresh segments (fresh memory costs as much as the
+        pipe), and keeps that much less of the arena touched."""
+        quarter = self.size // 4
+        tx = self.tx
+        if tx is None or not tx.active:
+            return quarter
+        return quarter - tx.stats()[1]
 
     def _sender(self) -> Sender:
         tx = self.tx
@@ -202,6 +216,7 @@ class Channel:
                 os.close(fd)
             if nrel and self.tx is not None:
                 self.tx.on_release(bytes(buf[at : at + nrel]))
+                self.blocked = False
         except BaseException:
             for fd in fds:
                 os.close(fd)

@@ -81,6 +81,12 @@ class Task:
         # args then holds (fn, args, kwargs), for an in-band pickle if need be.
         self.oob: Pickled | None = None
 
+    @property
+    def oob_bytes(self) -> int:
+        """Bytes of its big buffers (0: none)."""
+        oob = self.oob
+        return 0 if oob is None else sum(v.nbytes for _, v in oob.buffers)
+
     def start(self) -> bool:
         """Mark it running, as the stdlib does at dispatch; False if it was cancelled."""
         if self.started:
