@@ -151,6 +151,8 @@ class Channel:
                 except BaseException:
                     os.close(fd)
                     raise
+                if tx._fd >= 0:
+                    _fds.own_fd(tx._fd)  # not for processes forked later
                 self._announce = (fd, self.size)
             self.tx = tx
         return tx
@@ -243,6 +245,8 @@ class Channel:
             os.close(self._announce[0])
             self._announce = None
         if self.tx is not None:
+            if self.tx._fd >= 0:
+                _fds.disown_fd(self.tx._fd)  # closed by close(): its number is reused
             self.tx.close()
             self.tx = None
         if self.rx is not None:

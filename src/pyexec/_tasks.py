@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._buffers import Pickled
 from ._future import Future, settle_fast
-from ._payloads import has_big_bytes, pickle_big
+from ._payloads import THRESHOLD, has_big_bytes, pickle_big
 
 if TYPE_CHECKING:
     from ._lanes import Kill, Lane
@@ -227,7 +227,7 @@ def dump_call(fn: Callable, args: tuple, kwargs: dict) -> bytes | Pickled:
             call = (entry[0], args, kwargs) if kwargs else (entry[0], args)
     bufs: list = []
     payload = pickle.dumps(call, pickle.HIGHEST_PROTOCOL, buffer_callback=bufs.append)
-    if bufs or has_big_bytes(call, payload):
+    if bufs or (len(payload) >= THRESHOLD and has_big_bytes(call, payload)):
         return pickle_big(call)
     return payload
 

@@ -304,7 +304,7 @@ def _dumps_result(r, dumps, proto, chan=None) -> tuple[bytes, int, int]:
             return dumps(r, proto), frames.KIND_RESULT, 0
         bufs: list = []
         payload = dumps(r, proto, buffer_callback=bufs.append)
-        if bufs or has_big_bytes(r, payload):
+        if bufs or (len(payload) >= THRESHOLD and has_big_bytes(r, payload)):
             return _dumps_big(r, dumps, proto, chan)
         return payload, frames.KIND_RESULT, 0
     except BaseException as exc:
