@@ -165,7 +165,7 @@ class Dispatch:
                             run.append(pending.popleft())
                         for task in start_fast(run):  # cancelled ones are left out
                             report = frames.FLAG_STARTED if task.timeout is not None else 0
-                            if task.oob is None and (chan is None or not chan.releasing()):
+                            if task.oob is None and (chan is None or not chan.releases):
                                 push(KIND_CALL, task.tid, task.payload, report)
                             else:
                                 encoded = self._encode_call(w, task)

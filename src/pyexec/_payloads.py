@@ -96,7 +96,7 @@ def pickle_big(obj: Any) -> Pickled | bytes:
 class Channel:
     """One end of one worker's shared-memory channel (see the module's docstring)."""
 
-    __slots__ = ("_announce", "_mapped", "blocked", "rx", "size", "sock", "tx")
+    __slots__ = ("_announce", "_mapped", "blocked", "releases", "rx", "size", "sock", "tx")
 
     def __init__(self, sock: int, size: int, mapped: bool) -> None:
         """sock: this end of the socketpair (owned: closed by close()); size: the
@@ -106,6 +106,9 @@ class Channel:
         self._mapped = mapped
         self.tx: Sender | None = None  # made on the first big payload sent
         self.rx: Receiver | None = None  # made when the other end announces its arena
+        # rx's queue of slots to release (empty until rx exists): truthy when some
+        # wait, one attribute for the hot paths to test.
+        self.releases: Any = ()
         self._announce: tuple[int, int] | None = None  # (fd, size) of our arena, unsent
         # The parent held a big call back for want of room (see budget): set by
         # the dispatch, cleared when releases come.
@@ -118,8 +121,15 @@ class Channel:
 
     def releasing(self) -> bool:
         """True when views of the other direction died and their slots wait to be told."""
-        rx = self.rx
-        return rx is not None and bool(rx._state.releases)
+        return bool(self.releases)
+
+    def _receiver(self, fd: int | None, size: int = 0) -> Receiver:
+        """A new receiving side (the old one retired: its views stay valid)."""
+        if self.rx is not None:
+            self.rx.close()
+        self.rx = rx = Receiver(fd, size, populate=False) if fd is not None else Receiver(None)
+        self.releases = rx._state.releases
+        return rx
 
     def budget(self) -> int:
         """Bytes of big buffers the other end may still be sent before some of its
@@ -212,10 +222,10 @@ class Channel:
         try:
             if new:
                 fd = fds.pop(0)
-                if self.rx is not None:
-                    self.rx.close()
-                self.rx = Receiver(fd, new, populate=False)
-                os.close(fd)
+                try:
+                    self._receiver(fd, new)
+                finally:
+                    os.close(fd)
             if nrel and self.tx is not None:
                 self.tx.on_release(bytes(buf[at : at + nrel]))
                 self.blocked = False
@@ -226,9 +236,8 @@ class Channel:
         desc = bytes(buf[at + nrel : end])
         inner = buf[end:]
         if desc:
-            if self.rx is None:
-                self.rx = Receiver(None)
-            return self.rx.loads(inner, desc, fds)
+            rx = self.rx if self.rx is not None else self._receiver(None)
+            return rx.loads(inner, desc, fds)
         for fd in fds:
             os.close(fd)
         return marshal.loads(inner) if marshalled else pickle.loads(inner)
@@ -252,6 +261,7 @@ class Channel:
         if self.rx is not None:
             self.rx.close()
             self.rx = None
+            self.releases = ()
         sock, self.sock = self.sock, -1
         if sock >= 0:
             _fds.close_fd(sock)

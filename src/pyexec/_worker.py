@@ -207,7 +207,7 @@ def _run_frames(meta, view, out, loads, dumps, proto, rss, max_memory, chan=None
             del buf
             payload, rkind, flags = _run(fn, args, kwargs, dumps, proto, rss, max_memory, chan)
             del fn, args, kwargs
-            if chan is not None and chan.releasing():  # its arguments' slots, now free
+            if chan is not None and chan.releases:  # its arguments' slots, now free
                 payload = chan.wrap(payload, bool(flags & OOB))
                 flags |= OOB
             send(rkind, tid, payload, flags)
