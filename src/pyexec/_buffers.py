@@ -343,19 +343,21 @@ class Sender:
         mapped: bool = True,
     ) -> None:
         """mapped False: the arena is not mapped here; place() writes with pwrite()
-        through a dup of fd (the pages then never count in this process's RSS, and
-        fresh ones cost less than faulting a mapping in). close() closes that dup."""
+        through a dup of fd (the pages then never count in this process's RSS).
+        Mapped, place() still writes pages never written before with pwrite()
+        (half the cost of faulting them in through the mapping, measured here),
+        and copies into the mapping once they exist. close() closes the dup."""
         self.threshold = threshold
         self._lock = threading.Lock()
         self._size = size if fd is not None else 0
         self._base = None
         self._fd = -1
+        self._touched = 0  # the arena's bytes below this were written once
         self._slots = ffi.NULL
         if fd is not None:
             if mapped:
                 self._base = _map(fd, size, _flags(populate))
-            else:
-                self._fd = os.dup(fd)
+            self._fd = os.dup(fd)
             out = ffi.new("px_slots **")
             _check(lib.px_slots_new(out, size, max_slots), "creating a slot table")
             self._slots = ffi.gc(out[0], lib.px_slots_free)
@@ -405,10 +407,13 @@ class Sender:
                         rc = lib.px_slots_alloc(table, n, sid, off)
                 if rc == 0:
                     slots.append(sid[0])
-                    if base is not None:
-                        lib.px_copy(base + off[0], ffi.from_buffer(view), n)
+                    at = off[0]
+                    if base is not None and at + n <= self._touched:
+                        lib.px_copy(base + at, ffi.from_buffer(view), n)
                     else:
-                        _pwrite_all(wfd, view, off[0])
+                        _pwrite_all(wfd, view, at)
+                        if at + n > self._touched:
+                            self._touched = at + n
                     entries.append((kind, sid[0], off[0], n))
                 else:
                     overflow.append((len(entries), view))
