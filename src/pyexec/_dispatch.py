@@ -136,7 +136,8 @@ class Dispatch:
                 chan = w.chan
                 # Bytes of big arguments w may still take: beyond, a call waits
                 # for earlier ones to free their slots (not a fresh segment).
-                budget = chan.budget() if chan is not None else 0
+                limited = chan is not None and chan.size > 0
+                budget = chan.budget() if limited else 0
                 KIND_CALL = frames.KIND_CALL
                 sent = 0
                 while sent < room:
@@ -144,7 +145,7 @@ class Dispatch:
                         task = pending.popleft()
                     except IndexError:
                         break
-                    if task.__class__ is Task and task.oob is not None and chan is not None:
+                    if limited and task.__class__ is Task and task.oob is not None:
                         budget -= task.oob_bytes
                         if budget < 0 and (inflight or sent):
                             pending.appendleft(task)
