@@ -8,6 +8,11 @@ dispatch_lock held. They write ``pending`` (pop), the lanes' ``inflight``,
 ``quota``, ``mark`` and ``state`` (to EXITING), ``starting``,
 ``started_workers``, ``replaced``, ``failed`` (a map item that cannot be
 pickled) and the set of call fds watched while full (``_writers``).
+
+A call with big buffers (``task.oob``, see _payloads) has them placed in its
+worker's arena here, at dispatch, and a worker's arena takes at most a quarter
+of its size in arguments in flight: further big calls wait (``chan.blocked``)
+for the releases its results bring, rather than spill into fresh segments.
 """
 
 from __future__ import annotations
@@ -138,6 +143,7 @@ class Dispatch:
                 # for earlier ones to free their slots (not a fresh segment).
                 limited = chan is not None and chan.size > 0
                 budget = chan.budget() if limited else 0
+                releases = chan.releases if chan is not None else ()
                 KIND_CALL = frames.KIND_CALL
                 sent = 0
                 while sent < room:
@@ -145,15 +151,15 @@ class Dispatch:
                         task = pending.popleft()
                     except IndexError:
                         break
-                    if limited and task.__class__ is Task and task.oob is not None:
-                        budget -= task.oob_bytes
-                        if budget < 0 and (inflight or sent):
-                            pending.appendleft(task)
-                            chan.blocked = True
-                            break
                     if task.__class__ is MapJob:
                         sent += self._push_batch(w, task, room - sent)
                     elif task.job is None:
+                        if task.oob is not None and limited:
+                            budget -= task.oob_bytes
+                            if budget < 0 and (inflight or sent):
+                                pending.appendleft(task)
+                                chan.blocked = True
+                                break
                         # A run of submitted calls, marked running together.
                         run = [task]
                         while (
@@ -166,7 +172,7 @@ class Dispatch:
                             run.append(pending.popleft())
                         for task in start_fast(run):  # cancelled ones are left out
                             report = frames.FLAG_STARTED if task.timeout is not None else 0
-                            if task.oob is None and (chan is None or not chan.releases):
+                            if task.oob is None and not releases:
                                 push(KIND_CALL, task.tid, task.payload, report)
                             else:
                                 encoded = self._encode_call(w, task)

@@ -8,7 +8,9 @@ methods run in the manager thread (``_decode`` and ``_protocol_error`` also in
 a hand-off, under dispatch_lock, see _handoff). They write the lanes'
 ``inflight`` (pop), ``state`` (to DEAD), ``mark``, ``recycle``, ``acked``,
 ``fatal``, ``kill_reason``; ``completed``, ``failed``, ``keep``, ``broken``,
-the window, and ``pending`` (requeued calls go first).
+the window, and ``pending`` (requeued calls go first). A result frame flagged
+OOB is decoded by its lane's channel (_payloads: big buffers in shared
+memory); a dead lane's channel is closed with its fds (held views stay valid).
 """
 
 from __future__ import annotations

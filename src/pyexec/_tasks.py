@@ -220,16 +220,35 @@ def dump_call(fn: Callable, args: tuple, kwargs: dict) -> bytes | Pickled:
     A call with big buffers (out-of-band ones, or big bytes among its
     arguments) comes back as a Pickled: its buffers referenced, not copied,
     until dispatch places them in shared memory (see _payloads)."""
-    call: tuple = (fn, args, kwargs)
+    call: tuple | None = None
     if fn.__class__ in _BY_NAME:
         entry = _fn_refs.get(fn) or _fn_ref(fn)
         if entry is not None and getattr(entry[1], entry[2], None) is fn:
             call = (entry[0], args, kwargs) if kwargs else (entry[0], args)
-    bufs: list = []
-    payload = pickle.dumps(call, pickle.HIGHEST_PROTOCOL, buffer_callback=bufs.append)
-    if bufs or (len(payload) >= THRESHOLD and has_big_bytes(call, payload)):
+    if call is None:
+        call = (fn, args, kwargs)
+    # Scalars and strings only (the common tiny call): no buffer can hide there.
+    for a in args:
+        if a.__class__ not in _SCALARS:
+            break
+    else:
+        if not kwargs:
+            return pickle.dumps(call, pickle.HIGHEST_PROTOCOL)
+    # Every out-of-band buffer left out (its NEXT_BUFFER opcode in its place):
+    # then pickled again with the big ones apart, the small ones in-band.
+    payload = pickle.dumps(call, pickle.HIGHEST_PROTOCOL, buffer_callback=_out_of_band)
+    if _NEXT_BUFFER in payload or (len(payload) >= THRESHOLD and has_big_bytes(call, payload)):
         return pickle_big(call)
     return payload
+
+
+_SCALARS = frozenset((int, float, str, bool, type(None), complex))
+_NEXT_BUFFER = pickle.NEXT_BUFFER[0]  # 0x97: a buffer left out (or a byte of data)
+
+
+def _out_of_band(_buf: pickle.PickleBuffer) -> bool:
+    """dump_call's buffer_callback: every buffer out of band, no list to make per call."""
+    return False
 
 
 def _fn_ref(fn: Callable) -> tuple[bytes, ModuleType, str] | None:
