@@ -32,7 +32,7 @@
 /* CDEF BEGIN */
 
 /* Bumped whenever a declaration below changes meaning. Checked at import. */
-#define PX_CORE_ABI 6
+#define PX_CORE_ABI 7
 
 /* ---- frames ---------------------------------------------------------- */
 
@@ -73,13 +73,16 @@
  * CALL or BATCH): answer STARTED before running each of its calls (calls with
  * a deadline). MARSHAL (worker -> parent, on a RESULT): the payload is
  * marshal data, not a pickle (a plain value, which marshal dumps and loads in
- * about half the time). Bits 4.. are kept for pickle protocol 5 out-of-band
- * buffers (payload carries slots of a shared-memory arena). */
+ * about half the time). OOB (either way, on a CALL, RESULT or ERROR): the
+ * payload starts with a header naming big buffers placed in shared memory
+ * (arena slots, overflow segments), slot releases of the other direction and
+ * fds sent beside it on the worker's unix socket (see _payloads). */
 #define PX_FLAG_RECYCLE 1
 #define PX_FLAG_HOLD 2
 #define PX_FLAG_STARTED 4
 #define PX_FLAG_MARSHAL 8
-#define PX_FLAGS_KNOWN 15
+#define PX_FLAG_OOB 16
+#define PX_FLAGS_KNOWN 31
 
 /* The largest payload any decoder accepts; a decoder may be made with a
  * smaller limit. 1 TiB: far above any pipe transfer, far below overflow. */

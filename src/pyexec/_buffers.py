@@ -340,14 +340,24 @@ class Sender:
         threshold: int = THRESHOLD,
         max_slots: int = DEFAULT_MAX_SLOTS,
         populate: bool = True,
+        mapped: bool = True,
     ) -> None:
+        """mapped False: the arena is not mapped here; place() writes with pwrite()
+        through a dup of fd (the pages then never count in this process's RSS).
+        Mapped, place() still writes pages never written before with pwrite()
+        (half the cost of faulting them in through the mapping, measured here),
+        and copies into the mapping once they exist. close() closes the dup."""
         self.threshold = threshold
         self._lock = threading.Lock()
         self._size = size if fd is not None else 0
         self._base = None
+        self._fd = -1
+        self._touched = 0  # the arena's bytes below this were written once
         self._slots = ffi.NULL
         if fd is not None:
-            self._base = _map(fd, size, _flags(populate))
+            if mapped:
+                self._base = _map(fd, size, _flags(populate))
+            self._fd = os.dup(fd)
             out = ffi.new("px_slots **")
             _check(lib.px_slots_new(out, size, max_slots), "creating a slot table")
             self._slots = ffi.gc(out[0], lib.px_slots_free)
@@ -385,18 +395,25 @@ class Sender:
         slots: list[int] = []
         sid = ffi.new("uint32_t *")
         off = ffi.new("uint64_t *")
-        # Held here: a close() in another thread must not unmap it under a copy.
-        base, table = self._base, self._slots
+        # Held here: a close() in another thread must not unmap it under a copy
+        # (an unmapped Sender's fd must not be closed under place(): one thread).
+        base, table, wfd = self._base, self._slots, self._fd
         try:
             for kind, view in buffers:
                 n = view.nbytes
                 rc = -errno.ENOSPC
-                if base is not None:
+                if table != ffi.NULL:
                     with self._lock:
                         rc = lib.px_slots_alloc(table, n, sid, off)
                 if rc == 0:
                     slots.append(sid[0])
-                    lib.px_copy(base + off[0], ffi.from_buffer(view), n)
+                    at = off[0]
+                    if base is not None and at + n <= self._touched:
+                        lib.px_copy(base + at, ffi.from_buffer(view), n)
+                    else:
+                        _pwrite_all(wfd, view, at)
+                        if at + n > self._touched:
+                            self._touched = at + n
                     entries.append((kind, sid[0], off[0], n))
                 else:
                     overflow.append((len(entries), view))
@@ -424,19 +441,24 @@ class Sender:
             at += (n + _PAGE - 1) // _PAGE * _PAGE
         fd = _check(lib.px_shm_new(at), "creating an overflow segment")
         try:
-            base = _map(fd, at, lib.PX_MAP_POPULATE)
+            # Written through the fd, not a mapping: fresh pages cost half as much
+            # that way here, and never count in this process's RSS.
             for i, view in overflow:
-                lib.px_copy(base + entries[i][2], ffi.from_buffer(view), view.nbytes)
-            del base  # unmapped now: the receiver maps its own
+                _pwrite_all(fd, view, entries[i][2])
         except BaseException:
             lib.px_close(fd)
             raise
         return at, fd
 
+    @property
+    def active(self) -> bool:
+        """True when it has an arena (else every big buffer takes an overflow segment)."""
+        return self._slots != ffi.NULL
+
     def on_release(self, blob: bytes) -> None:
         """The receiver is done with these slots (a take_releases blob). Raises
         ValueError for ids that were not live (a protocol error; the rest are freed)."""
-        if not blob or self._base is None:
+        if not blob or self._slots == ffi.NULL:
             return
         ids = array("I")
         ids.frombytes(blob)
@@ -462,8 +484,8 @@ class Sender:
     def reset(self) -> None:
         """The receiver is gone (its process died): every slot is free again, and any
         release of an earlier id is refused from now on."""
-        if self._base is not None:
-            with self._lock:
+        with self._lock:
+            if self._slots != ffi.NULL:
                 lib.px_slots_reset(self._slots)
 
     def stats(self) -> tuple[int, int, int]:
@@ -479,6 +501,19 @@ class Sender:
         with self._lock:
             self._base = None
             self._slots = ffi.NULL
+            fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+
+def _pwrite_all(fd: int, view: memoryview, off: int) -> None:
+    """Write all of view at offset off of fd (os.pwrite releases the GIL)."""
+    n = view.nbytes
+    done = os.pwrite(fd, view, off)
+    if done < n:
+        with memoryview(view).cast("B") as flat:
+            while done < n:
+                done += os.pwrite(fd, flat[done:], off + done)
 
 
 # ---- the receiving side -----------------------------------------------------

@@ -9,6 +9,11 @@ dispatch_lock held. They write ``pending`` (pop), the lanes' ``inflight``,
 ``quota``, ``mark`` and ``state`` (to EXITING), ``starting``,
 ``started_workers``, ``replaced``, ``failed`` (a map item that cannot be
 pickled) and the set of call fds watched while full (``_writers``).
+
+A call with big buffers (``task.oob``, see _payloads) has them placed in its
+worker's arena here, at dispatch, and a worker's arena takes at most a quarter
+of its size in arguments in flight: further big calls wait (``chan.blocked``)
+for the releases its results bring, rather than spill into fresh segments.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import signal
 import time
 
 from . import _frames as frames
+from ._buffers import Pickled
 from ._errors import BROKEN_PREFIX
 from ._future import start_fast
 from ._lanes import WINDOW_PAIR, Lane, State
@@ -55,6 +61,8 @@ class Dispatch:
 
     def _add_worker(self, w: Lane) -> None:
         w.quota = self.max_tasks
+        if w.chan is not None:
+            w.chan.size = self.arena_size
         self.workers.append(w)
         self.by_fd[w.result_fd] = w
         self.by_fd[w.sentinel] = w
@@ -97,6 +105,8 @@ class Dispatch:
         inflight = w.inflight
         if w.recycle or (inflight and now - w.mark > WINDOW_PAIR):
             return 0
+        if inflight and w.chan is not None and w.chan.blocked:
+            return 0  # its big calls wait for room in its arena (see _dispatch)
         return self.window.size - len(inflight)
 
     def _has_room(self) -> bool:
@@ -129,6 +139,12 @@ class Dispatch:
                     room = min(room, w.quota)
                 idle = not inflight
                 push = w.writer.push
+                chan = w.chan
+                # Bytes of big arguments w may still take: beyond, a call waits
+                # for earlier ones to free their slots (not a fresh segment).
+                limited = chan is not None and chan.size > 0
+                budget = chan.budget() if limited else 0
+                releases = chan.releases if chan is not None else ()
                 KIND_CALL = frames.KIND_CALL
                 sent = 0
                 while sent < room:
@@ -139,6 +155,12 @@ class Dispatch:
                     if task.__class__ is MapJob:
                         sent += self._push_batch(w, task, room - sent)
                     elif task.job is None:
+                        if task.oob is not None and limited:
+                            budget -= task.oob_bytes
+                            if budget < 0 and (inflight or sent):
+                                pending.appendleft(task)
+                                chan.blocked = True
+                                break
                         # A run of submitted calls, marked running together.
                         run = [task]
                         while (
@@ -146,11 +168,18 @@ class Dispatch:
                             and pending
                             and pending[0].__class__ is Task
                             and pending[0].job is None
+                            and pending[0].oob is None
                         ):
                             run.append(pending.popleft())
                         for task in start_fast(run):  # cancelled ones are left out
                             report = frames.FLAG_STARTED if task.timeout is not None else 0
-                            push(KIND_CALL, task.tid, task.payload, report)
+                            if task.oob is None and not releases:
+                                push(KIND_CALL, task.tid, task.payload, report)
+                            else:
+                                encoded = self._encode_call(w, task)
+                                if encoded is None:
+                                    continue  # it could not be pickled: settled
+                                push(KIND_CALL, task.tid, encoded[0], report | encoded[1])
                             inflight.append(task)
                             sent += 1
                     elif task.start():  # a map item sent again after a restart
@@ -165,6 +194,35 @@ class Dispatch:
                 w.quota == 0 or w.recycle or (stopping and not pending and not inflight)
             ):
                 self._ask_exit(w, now)
+
+    def _encode_call(self, w: Lane, task: Task) -> tuple[bytes, int] | None:
+        """A call's frame payload and flags for w: its big buffers placed in w's
+        arena now (referenced, not copied, until here), the releases of w's results
+        riding along. In-band when w has no shared memory. None (the call failed,
+        settled) when its in-band pickle fails."""
+        chan, oob = w.chan, task.oob
+        if oob is not None and chan is not None and chan.enabled:
+            # Views of their own: placing releases them, and the call keeps its
+            # buffers to be placed again if w dies before running it.
+            fresh = Pickled(oob.payload, [(k, memoryview(v)) for k, v in oob.buffers])
+            try:
+                return chan.encode(fresh), frames.FLAG_OOB
+            except OSError:
+                pass  # no shared memory at all (warned), or w is gone: in-band
+        payload = task.payload
+        if oob is not None:
+            try:
+                payload = pickle.dumps(task.args, pickle.HIGHEST_PROTOCOL)
+            except BaseException as exc:
+                self.failed += 1
+                task.settle(exc=exc)
+                return None
+        if chan is not None and chan.releasing():
+            try:
+                return chan.encode(None, payload), frames.FLAG_OOB
+            except OSError:
+                pass  # w is gone
+        return payload, 0
 
     def _push_batch(self, w: Lane, job: MapJob, room: int, batch: list | None = None) -> int:
         """Send up to room items of a map in one BATCH frame (job was popped from pending).

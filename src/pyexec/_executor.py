@@ -35,7 +35,7 @@ from functools import partial
 from queue import Empty, SimpleQueue
 from typing import Any
 
-from . import _fds
+from . import _fds, _payloads
 from ._errors import BrokenProcessPool
 from ._future import Future
 from ._launch import Launcher, ProcessLauncher
@@ -389,6 +389,9 @@ class ProcessPoolExecutor(Executor):
     per-call deadline, see ``schedule``), ``max_memory_per_child`` (bytes of
     resident memory after which a worker is recycled), ``serializer="cloudpickle"``
     (calls and results pickled with cloudpickle: lambdas and closures work).
+    ``arena_size``: bytes of shared memory per worker and direction for big
+    arguments and results (default $PYEXEC_ARENA_SIZE or 64 MiB; 0: none,
+    everything through the pipe).
     """
 
     def __init__(
@@ -403,6 +406,7 @@ class ProcessPoolExecutor(Executor):
         task_timeout: float | None = None,
         max_memory_per_child: int | None = None,
         serializer: str = "pickle",
+        arena_size: int | None = None,
     ) -> None:
         if max_workers is None:
             max_workers = _default_workers()
@@ -440,7 +444,10 @@ class ProcessPoolExecutor(Executor):
         self._max_workers = max_workers
         self._mp_context = mp_context
         self._start_method = mp_context.get_start_method(allow_none=False)
-        self._config = WorkerConfig(initializer, tuple(initargs), max_memory_per_child, serializer)
+        self._arena_size = arena_size = _payloads.arena_size(arena_size)
+        self._config = WorkerConfig(
+            initializer, tuple(initargs), max_memory_per_child, serializer, arena_size
+        )
         self._max_tasks_per_child = max_tasks_per_child
         self._on_crash = on_crash
         self._task_timeout = task_timeout
@@ -491,6 +498,7 @@ class ProcessPoolExecutor(Executor):
             self._check_owner()  # raises
         future: Future = Future()
         failure: BaseException | None = None
+        oob = None
         try:
             if self._serializer == "pickle":
                 payload = dump_call(fn, args, kwargs)
@@ -500,6 +508,9 @@ class ProcessPoolExecutor(Executor):
             raise
         except BaseException as exc:  # that call alone fails, as in the stdlib
             payload, failure = b"", exc
+        if payload.__class__ is not bytes:  # big buffers: placed at dispatch
+            oob = payload
+            payload = oob.payload
         # acquire/release, not `with`: on 3.11 `with` looks up and binds
         # __enter__ and __exit__ each time, about a twentieth of a tiny submit.
         lock = self._lock
@@ -512,10 +523,14 @@ class ProcessPoolExecutor(Executor):
                 return future
             mgr = self._mgr or self._start()
             task = Task(next(self._ids), future, payload, timeout, owner=mgr)
+            if oob is not None:
+                task.oob = oob
+                task.args = (fn, args, kwargs)
             future._pyexec_task = task  # for terminate_task
             mgr.submitted += 1
             if (
                 mgr.sleeping
+                and oob is None
                 and timeout is None
                 and not self._pending
                 and len(payload) < DIRECT_MAX

@@ -35,6 +35,7 @@ FLAG_RECYCLE = lib.PX_FLAG_RECYCLE
 FLAG_HOLD = lib.PX_FLAG_HOLD
 FLAG_STARTED = lib.PX_FLAG_STARTED
 FLAG_MARSHAL = lib.PX_FLAG_MARSHAL
+FLAG_OOB = lib.PX_FLAG_OOB
 IOV_MAX = lib.PX_IOV_MAX
 READ_CHUNK = lib.PX_READ_CHUNK
 # A frame's first word, as the decoder gives it: kind | flags << FLAG_SHIFT.

@@ -17,6 +17,7 @@ from typing import Any
 
 from . import _fds
 from ._frames import Decoder, Writer
+from ._payloads import Channel
 
 # Calls a worker may hold beyond the one it runs. The window adapts to how
 # long calls take: WINDOW_SECONDS of queued work per worker, between 1 and
@@ -52,6 +53,7 @@ class Lane:
         "_proc",
         "acked",
         "call_fd",
+        "chan",
         "exit_at",
         "fatal",
         "inflight",
@@ -68,8 +70,14 @@ class Lane:
         "writer",
     )
 
-    def __init__(self, pid: int, call_fd: int, result_fd: int, sentinel: int, proc: Any) -> None:
+    def __init__(
+        self, pid: int, call_fd: int, result_fd: int, sentinel: int, proc: Any, side: int = -1
+    ) -> None:
+        """side: the parent's end of the worker's fd socket (see _payloads), owned."""
         self.pid = pid
+        # Its shared-memory channel: no arena until a big payload needs one (the
+        # manager sets the size it may have).
+        self.chan = Channel(_fds.own_fd(side), 0, mapped=False) if side >= 0 else None
         self.call_fd = _fds.own_fd(call_fd)
         self.result_fd = _fds.own_fd(result_fd)
         self.sentinel = sentinel

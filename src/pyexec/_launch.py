@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 from typing import Any, Protocol
 
 from . import _fds
@@ -92,8 +93,8 @@ class ProcessLauncher:
 
     def start(self) -> Lane | None:
         """Start one worker now and return it."""
-        proc, call_w, res_r = start_process(self._ctx, self._config, self._deathsig)
-        return Lane(proc.pid, call_w, res_r, proc.sentinel, proc)
+        proc, call_w, res_r, side = start_process(self._ctx, self._config, self._deathsig)
+        return Lane(proc.pid, call_w, res_r, proc.sentinel, proc, side)
 
     def exitcode(self, w: Lane, timeout: float) -> int | None:
         """The exit status of a worker whose sentinel fired (None if unknown)."""
@@ -122,27 +123,46 @@ class ProcessLauncher:
         """Nothing to close."""
 
 
-def start_process(ctx: Any, config: WorkerConfig, deathsig: bool = True) -> tuple[Any, int, int]:
-    """Start a worker's Process with its two pipes: (the Process, the call
-    pipe's write end, the result pipe's read end), those and its sentinel owned."""
+def start_process(
+    ctx: Any, config: WorkerConfig, deathsig: bool = True
+) -> tuple[Any, int, int, int]:
+    """Start a worker's Process with its two pipes and its socket for fds (see
+    _payloads): (the Process, the call pipe's write end, the result pipe's read
+    end, the socket's parent end), those and its sentinel owned."""
     call_r, call_w = _fds.make_pipe(False, True)
     res_r, res_w = _fds.make_pipe(True, False)
+    side_p, side_w = _socketpair()
     # A forked worker must close the parent's ends (its after-fork hook closes
     # owned fds); any other child forked meanwhile, the worker's ends.
     forked = ctx.get_start_method() == "fork"
-    for fd in (call_w, res_r) if forked else (call_r, res_w):
+    for fd in (call_w, res_r, side_p) if forked else (call_r, res_w, side_w):
         _fds.own_fd(fd)
     try:
         proc = ctx.Process(
-            target=main, args=(InheritFd(call_r), InheritFd(res_w), config, deathsig)
+            target=main,
+            args=(InheritFd(call_r), InheritFd(res_w), config, deathsig, InheritFd(side_w)),
         )
         proc.start()
     except BaseException:
         _fds.close_fd(call_w)
         _fds.close_fd(res_r)
+        _fds.close_fd(side_p)
         raise
     finally:
         _fds.close_fd(call_r)
         _fds.close_fd(res_w)
+        _fds.close_fd(side_w)
     _fds.own_fd(proc.sentinel)
-    return proc, _fds.own_fd(call_w), _fds.own_fd(res_r)
+    return proc, _fds.own_fd(call_w), _fds.own_fd(res_r), _fds.own_fd(side_p)
+
+
+def _socketpair() -> tuple[int, int]:
+    """A CLOEXEC unix stream socketpair as two fds; the send buffers enlarged (best
+    effort) so a window of fd messages never blocks the sender."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    for s in (a, b):
+        try:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+        except OSError:
+            pass
+    return a.detach(), b.detach()

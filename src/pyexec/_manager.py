@@ -75,6 +75,7 @@ class Manager(Dispatch, Outcomes, HandOff):
         self.max_workers = executor._max_workers
         self.max_tasks = executor._max_tasks_per_child
         self.on_crash = executor._on_crash
+        self.arena_size = executor._arena_size  # each worker's, per direction
         self.launcher: Launcher = None  # type: ignore[assignment]  # see attach
         self.executor_ref = weakref.ref(executor, lambda _r: self.request_stop())
         self.waiter: Any = Waiter()

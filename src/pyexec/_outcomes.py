@@ -8,7 +8,9 @@ methods run in the manager thread (``_decode`` and ``_protocol_error`` also in
 a hand-off, under dispatch_lock, see _handoff). They write the lanes'
 ``inflight`` (pop), ``state`` (to DEAD), ``mark``, ``recycle``, ``acked``,
 ``fatal``, ``kill_reason``; ``completed``, ``failed``, ``keep``, ``broken``,
-the window, and ``pending`` (requeued calls go first).
+the window, and ``pending`` (requeued calls go first). A result frame flagged
+OOB is decoded by its lane's channel (_payloads: big buffers in shared
+memory); a dead lane's channel is closed with its fds (held views stay valid).
 """
 
 from __future__ import annotations
@@ -92,6 +94,7 @@ class Outcomes:
         loads, marshal_loads = pickle.loads, marshal.loads
         MASK, SHIFT = KIND_MASK, FLAG_SHIFT
         MARSHAL = frames.FLAG_MARSHAL << SHIFT
+        OOB = frames.FLAG_OOB << SHIFT
         KIND_RESULT, KIND_ERROR = frames.KIND_RESULT, frames.KIND_ERROR
         KIND_STARTED, FLAG_RECYCLE = frames.KIND_STARTED, frames.FLAG_RECYCLE
         k = failed = 0
@@ -107,7 +110,10 @@ class Outcomes:
                         task = inflight.popleft()
                         k += 1
                         try:
-                            obj = marshal_loads(buf) if word & MARSHAL else loads(buf)
+                            if word & OOB:  # big buffers in shared memory (_payloads)
+                                obj = w.chan.loads(buf, bool(word & MARSHAL))
+                            else:
+                                obj = marshal_loads(buf) if word & MARSHAL else loads(buf)
                         except BaseException as err:
                             what = "result" if kind == KIND_RESULT else "exception"
                             exc = CallUnpicklingError(
@@ -124,7 +130,7 @@ class Outcomes:
                                 exc.__cause__ = _RemoteTraceback(f'\n"""\n{tb}"""')
                                 out.append((task, None, exc))
                                 failed += 1
-                        task.payload = None
+                        task.payload = task.oob = None
                         if word >> SHIFT & FLAG_RECYCLE:
                             w.recycle = True
                     elif kind == KIND_STARTED:
@@ -232,6 +238,8 @@ class Outcomes:
 
     def _forget(self, w: Lane) -> None:
         w.state = DEAD
+        if w.chan is not None:
+            w.chan.close()  # views of its results held stay valid
         self.drop(w)  # see _handoff
         for fd in (w.result_fd, w.sentinel, w.call_fd):
             self.by_fd.pop(fd, None)

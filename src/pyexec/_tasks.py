@@ -20,8 +20,10 @@ from queue import SimpleQueue
 from types import BuiltinFunctionType, FunctionType, ModuleType
 from typing import TYPE_CHECKING, Any
 
+from ._buffers import Pickled
 from ._errors import CallUnpicklingError
 from ._future import Future, settle_fast
+from ._payloads import THRESHOLD, has_big_bytes, pickle_big
 
 if TYPE_CHECKING:
     from ._lanes import Kill, Lane
@@ -42,6 +44,7 @@ class Task:
         "index",
         "job",
         "kill",
+        "oob",
         "owner",
         "payload",
         "started",
@@ -74,6 +77,16 @@ class Task:
         self.t0 = 0.0  # when its worker said it started (calls with a deadline)
         self.owner = owner  # the pool's manager (a submitted call): terminate_task checks it
         self.where: Lane | None = None  # the worker submit wrote it to itself (direct)
+        # A call with big buffers: its pickle without them (payload holds its
+        # bytes) and views of them, placed in its worker's arena at dispatch;
+        # args then holds (fn, args, kwargs), for an in-band pickle if need be.
+        self.oob: Pickled | None = None
+
+    @property
+    def oob_bytes(self) -> int:
+        """Bytes of its big buffers (0: none)."""
+        oob = self.oob
+        return 0 if oob is None else sum(v.nbytes for _, v in oob.buffers)
 
     def start(self) -> bool:
         """Mark it running, as the stdlib does at dispatch; False if it was cancelled."""
@@ -392,18 +405,45 @@ _FN_REFS_MAX = 256
 _BY_NAME = (FunctionType, BuiltinFunctionType)
 
 
-def dump_call(fn: Callable, args: tuple, kwargs: dict) -> bytes:
+def dump_call(fn: Callable, args: tuple, kwargs: dict) -> bytes | Pickled:
     """The pickle of one call: (fn, args, kwargs); for a function its module
     names, fn's own pickle (bytes) in fn's place, and no kwargs when there are
     none (the worker resolves that name the same way: _worker._load_call).
     The common call, a named function with positional arguments, pickles as
-    a pair: a third less work than a 4-tuple holding an empty dict."""
+    a pair: a third less work than a 4-tuple holding an empty dict.
+
+    A call with big buffers (out-of-band ones, or big bytes among its
+    arguments) comes back as a Pickled: its buffers referenced, not copied,
+    until dispatch places them in shared memory (see _payloads)."""
+    call: tuple | None = None
     if fn.__class__ in _BY_NAME:
         entry = _fn_refs.get(fn) or _fn_ref(fn)
         if entry is not None and getattr(entry[1], entry[2], None) is fn:
             call = (entry[0], args, kwargs) if kwargs else (entry[0], args)
+    if call is None:
+        call = (fn, args, kwargs)
+    # Scalars and strings only (the common tiny call): no buffer can hide there.
+    for a in args:
+        if a.__class__ not in _SCALARS:
+            break
+    else:
+        if not kwargs:
             return pickle.dumps(call, pickle.HIGHEST_PROTOCOL)
-    return pickle.dumps((fn, args, kwargs), pickle.HIGHEST_PROTOCOL)
+    # Every out-of-band buffer left out (its NEXT_BUFFER opcode in its place):
+    # then pickled again with the big ones apart, the small ones in-band.
+    payload = pickle.dumps(call, pickle.HIGHEST_PROTOCOL, buffer_callback=_out_of_band)
+    if _NEXT_BUFFER in payload or (len(payload) >= THRESHOLD and has_big_bytes(call, payload)):
+        return pickle_big(call)
+    return payload
+
+
+_SCALARS = frozenset((int, float, str, bool, type(None), complex))
+_NEXT_BUFFER = pickle.NEXT_BUFFER[0]  # 0x97: a buffer left out (or a byte of data)
+
+
+def _out_of_band(_buf: pickle.PickleBuffer) -> bool:
+    """dump_call's buffer_callback: every buffer out of band, no list to make per call."""
+    return False
 
 
 # serializer="cloudpickle": each function's cloudpickle, made once per

@@ -18,6 +18,7 @@ import select
 import signal
 import sys
 import traceback
+from collections.abc import Callable
 from concurrent.futures import _base
 from dataclasses import dataclass
 from time import monotonic
@@ -26,6 +27,7 @@ from typing import Any
 from . import _frames as frames
 from ._errors import CallUnpicklingError
 from ._native import lib, rss
+from ._payloads import DEFAULT_ARENA_SIZE, THRESHOLD, Channel, has_big_bytes, pickle_big
 
 # A result is held back to leave in one write with the next ones only when its
 # call took less than TINY_CALL and another call is already here, and never
@@ -51,6 +53,7 @@ class WorkerConfig:
     initargs: tuple = ()
     max_memory: int | None = None
     serializer: str = "pickle"  # or "cloudpickle": how results are pickled
+    arena_size: int = DEFAULT_ARENA_SIZE  # its results' arena (0: none)
 
 
 class InheritFd:
@@ -114,12 +117,24 @@ def _die_with_parent(deathsig: bool) -> None:
         lib.px_parent_death_signal(signal.SIGKILL, os.getppid())
 
 
-def main(call: InheritFd, result: InheritFd, config: WorkerConfig, deathsig: bool = True) -> None:
-    """Entry point of a worker process (the target of its Process)."""
+def main(
+    call: InheritFd,
+    result: InheritFd,
+    config: WorkerConfig,
+    deathsig: bool = True,
+    side: InheritFd | None = None,
+) -> None:
+    """Entry point of a worker process (the target of its Process). side: its
+    end of the socket that carries shared-memory fds (see _payloads)."""
     call_fd, result_fd = call.fd, result.fd
     for fd in (call_fd, result_fd):
         os.set_inheritable(fd, False)
         os.set_blocking(fd, True)
+    chan = None
+    if side is not None:
+        os.set_inheritable(side.fd, False)
+        os.set_blocking(side.fd, True)
+        chan = Channel(side.fd, config.arena_size, mapped=True)
     _die_with_parent(deathsig)
     out = frames.Writer(result_fd)
     if config.initializer is not None:
@@ -138,11 +153,18 @@ def main(call: InheritFd, result: InheritFd, config: WorkerConfig, deathsig: boo
         import cloudpickle
 
         dumps = cloudpickle.dumps
-    _loop(call_fd, out, config.max_memory, dumps)
+    _loop(call_fd, out, config.max_memory, chan, dumps)
 
 
-def _loop(call_fd: int, out: frames.Writer, max_memory: int | None, dumps=pickle.dumps) -> None:
-    """Read, run and answer calls until an exit frame (dumps pickles the results)."""
+def _loop(
+    call_fd: int,
+    out: frames.Writer,
+    max_memory: int | None,
+    chan: Channel | None,
+    dumps: Callable = pickle.dumps,
+) -> None:
+    """Read, run and answer calls until an exit frame (dumps pickles the results;
+    chan: the worker's shared memory, None where there is none)."""
     dec = frames.Decoder()
     loads, proto = pickle.loads, pickle.HIGHEST_PROTOCOL
     take, read_frames = dec.take, dec.read_frames
@@ -168,7 +190,7 @@ def _loop(call_fd: int, out: frames.Writer, max_memory: int | None, dumps=pickle
         if n == 0:
             os._exit(0)  # the parent is gone
         while meta:
-            if _run_frames(meta, view, out, loads, dumps, proto, rss, max_memory):
+            if _run_frames(meta, view, out, loads, dumps, proto, rss, max_memory, chan):
                 return
             if dec.drained(meta):
                 break
@@ -176,7 +198,7 @@ def _loop(call_fd: int, out: frames.Writer, max_memory: int | None, dumps=pickle
         out.flush()
 
 
-def _run_frames(meta, view, out, loads, dumps, proto, rss, max_memory) -> bool:
+def _run_frames(meta, view, out, loads, dumps, proto, rss, max_memory, chan=None) -> bool:
     """Run every call of one batch of frames; True when an exit frame came.
 
     Each call's result is written at once: a result held back would die with
@@ -185,6 +207,7 @@ def _run_frames(meta, view, out, loads, dumps, proto, rss, max_memory) -> bool:
     """
     KIND_CALL, KIND_BATCH = frames.KIND_CALL, frames.KIND_BATCH
     MASK, SHIFT = frames.KIND_MASK, frames.FLAG_SHIFT
+    OOB = frames.FLAG_OOB
     send = out.send
     for word, tid, off, size in frames.Decoder.each(meta):
         kind = word & MASK
@@ -193,12 +216,17 @@ def _run_frames(meta, view, out, loads, dumps, proto, rss, max_memory) -> bool:
             if word >> SHIFT & frames.FLAG_STARTED:
                 send(frames.KIND_STARTED, tid)
             try:
-                fn, args, kwargs = _load_call(loads, buf, tid)
+                oob = chan if word >> SHIFT & OOB else None
+                fn, args, kwargs = _load_call(loads, buf, tid, oob)
             except BaseException as exc:
                 fn, args, kwargs = _reraise, exc, None  # the call fails with it
                 del exc
-            payload, rkind, flags = _run(fn, args, kwargs, dumps, proto, rss, max_memory)
+            del buf
+            payload, rkind, flags = _run(fn, args, kwargs, dumps, proto, rss, max_memory, chan)
             del fn, args, kwargs
+            if chan is not None and chan.releases:  # its arguments' slots, now free
+                payload = chan.wrap(payload, bool(flags & OOB))
+                flags |= OOB
             send(rkind, tid, payload, flags)
             del payload
         elif kind == KIND_BATCH:
@@ -221,7 +249,7 @@ def _run_frames(meta, view, out, loads, dumps, proto, rss, max_memory) -> bool:
     return False
 
 
-def _run(fn, args, kwargs, dumps, proto, rss, max_memory) -> tuple[bytes, int, int]:
+def _run(fn, args, kwargs, dumps, proto, rss, max_memory, chan=None) -> tuple[bytes, int, int]:
     """The one body every call runs, a submitted call or a map item: call
     fn(*args, **kwargs) (kwargs None: fn(args), a map item's single argument),
     then dump its result or its exception: (payload, result kind, flags),
@@ -232,7 +260,7 @@ def _run(fn, args, kwargs, dumps, proto, rss, max_memory) -> tuple[bytes, int, i
         payload, rkind, flags = _dumps_exception(exc), frames.KIND_ERROR, 0
         del exc
     else:
-        payload, rkind, flags = _dumps_result(r, dumps, proto)
+        payload, rkind, flags = _dumps_result(r, dumps, proto, chan)
         del r
     if max_memory is not None and rss() > max_memory:
         flags |= frames.FLAG_RECYCLE
@@ -266,9 +294,10 @@ _fn_by_ref: dict[bytes, tuple[Any, str]] = {}
 _FN_REFS_MAX = 256
 
 
-def _load_call(loads, data, tid: int) -> tuple:
-    """(fn, args, kwargs) of one CALL frame (see _tasks.dump_call)."""
-    call = _load_args(loads, data, tid)
+def _load_call(loads, data, tid: int, chan: Channel | None = None) -> tuple:
+    """(fn, args, kwargs) of one CALL frame (see _tasks.dump_call); chan: the
+    frame is flagged OOB, its big buffers are in shared memory."""
+    call = _load_args(loads if chan is None else chan.loads, data, tid)
     ref = call[0]
     if ref.__class__ is not bytes:
         return call
@@ -284,15 +313,37 @@ def _load_call(loads, data, tid: int) -> tuple:
     return fn, call[1], call[2] if len(call) == 3 else {}
 
 
-def _dumps_result(r, dumps, proto) -> tuple[bytes, int, int]:
+def _dumps_result(r, dumps, proto, chan=None) -> tuple[bytes, int, int]:
     """(payload, RESULT, frame flags): marshal data for a plain value
-    (PLAIN), else a pickle; or the pickling error as (pickle, ERROR, 0)."""
-    if r.__class__ in PLAIN:
+    (PLAIN), else a pickle; or the pickling error as (pickle, ERROR, 0).
+    With chan (its shared memory enabled), big buffers go there (FLAG_OOB)."""
+    cls = r.__class__
+    if cls in PLAIN:
+        if cls is bytes and chan is not None and len(r) >= THRESHOLD and chan.size:
+            return _dumps_big(r, dumps, proto, chan)
         return marshal.dumps(r, MARSHAL_VERSION), frames.KIND_RESULT, frames.FLAG_MARSHAL
     try:
-        return dumps(r, proto), frames.KIND_RESULT, 0
+        if chan is None or not chan.size:
+            return dumps(r, proto), frames.KIND_RESULT, 0
+        bufs: list = []
+        payload = dumps(r, proto, buffer_callback=bufs.append)
+        if bufs or (len(payload) >= THRESHOLD and has_big_bytes(r, payload)):
+            return _dumps_big(r, dumps, proto, chan)
+        return payload, frames.KIND_RESULT, 0
     except BaseException as exc:
         return _dumps_exception(exc), frames.KIND_ERROR, 0
+
+
+def _dumps_big(r, dumps, proto, chan: Channel) -> tuple[bytes, int, int]:
+    """A result with big buffers: placed in this worker's results arena (made now
+    if need be), or in-band when no shared memory can be had."""
+    pickled = pickle_big(r)
+    if pickled.__class__ is bytes:
+        return pickled, frames.KIND_RESULT, 0  # type: ignore[return-value]
+    try:
+        return chan.encode(pickled), frames.KIND_RESULT, frames.FLAG_OOB  # type: ignore[arg-type]
+    except OSError:
+        return dumps(r, proto), frames.KIND_RESULT, 0
 
 
 def _run_batch(call, flags, push, flush, dumps, proto, rss, max_memory) -> None:

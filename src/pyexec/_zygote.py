@@ -52,7 +52,7 @@ class Cmd(IntEnum):
     START = ord("S")  # parent -> zygote: fork one more worker
     QUIT = ord("Q")  # parent -> zygote: exit once your workers are gone
     KILL = ord("K")  # parent -> zygote: signal worker pid with sig
-    WORKER = ord("W")  # zygote -> parent: a new worker (pid; its 3 fds attached)
+    WORKER = ord("W")  # zygote -> parent: a new worker (pid; its 4 fds attached)
     EXITED = ord("X")  # zygote -> parent: worker pid exited with code
 
 
@@ -129,6 +129,7 @@ class ZygoteLauncher:
                 self._direct.release(first)
                 _fds.close_fd(first.call_fd)
                 _fds.close_fd(first.result_fd)
+                first.chan.close()
             if parent is not None:
                 _fds.close_fd(parent.detach())
             raise
@@ -186,7 +187,7 @@ class ZygoteLauncher:
         """
         self._sock.settimeout(timeout)
         try:
-            data, fds, _flags, _addr = socket.recv_fds(self._sock, REC.size, 3)
+            data, fds, _flags, _addr = socket.recv_fds(self._sock, REC.size, 4)
         except ConnectionResetError:  # it died with a request of ours unread
             data, fds = b"", []
         finally:
@@ -199,11 +200,11 @@ class ZygoteLauncher:
             return False  # the zygote is gone
         cmd, pid, code = REC.unpack(data)
         if cmd == Cmd.WORKER:
-            call_w, res_r, sentinel = fds
+            call_w, res_r, sentinel, side = fds
             for fd in fds:  # recvmsg does not set close-on-exec
                 os.set_inheritable(fd, False)
             _fds.own_fd(sentinel)
-            self._ready.append(Lane(pid, call_w, res_r, sentinel, None))
+            self._ready.append(Lane(pid, call_w, res_r, sentinel, None, side))
         elif cmd == Cmd.EXITED:
             self._codes[pid] = code
         return True
@@ -328,12 +329,15 @@ def _zygote(sock: socket.socket, config: WorkerConfig, initial: int, adopted: li
 def _fork_worker(ctx: Any, sock: socket.socket, config: WorkerConfig) -> Any:
     signal.signal(signal.SIGINT, signal.default_int_handler)  # the zygote ignores it
     try:
-        proc, call_w, res_r = start_process(ctx, config)
+        proc, call_w, res_r, side = start_process(ctx, config)
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        socket.send_fds(sock, [REC.pack(Cmd.WORKER, proc.pid, 0)], [call_w, res_r, proc.sentinel])
+        socket.send_fds(
+            sock, [REC.pack(Cmd.WORKER, proc.pid, 0)], [call_w, res_r, proc.sentinel, side]
+        )
     finally:
         _fds.close_fd(call_w)
         _fds.close_fd(res_r)
+        _fds.close_fd(side)
     return proc
