@@ -75,11 +75,6 @@ def _kill_quietly(pid: int) -> None:
 # ---- 5. a call runs twice --------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 14.5: a worker killed for a call that had just finished has its "
-    "running next call requeued (_worker_died), which then runs twice",
-)
 @pytest.mark.timeout(120)
 def test_no_call_runs_twice_under_deadlines_and_terminate(tmp_path):
     """Deadlines and terminate_task hammered against calls that finish at the same
@@ -126,11 +121,6 @@ def _kill_after_finish_round(ex, log: Path, base: int) -> list:
     return [x, a, b]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 14.5: _worker_died requeues the call that ran after the one its "
-    "worker was killed for, when that one had just finished",
-)
 @pytest.mark.timeout(120)
 def test_kill_after_the_call_finished_does_not_run_the_next_twice(ctx, tmp_path):
     """A deadline checked late (the call finished meanwhile): the next call, which

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import marshal
 import pickle
+import select
 import signal
 import time
 from collections import deque
@@ -187,7 +188,14 @@ class Outcomes:
         self.keep = min(self.max_workers, max(self.keep, up))
         if reason is Kill.TIMEOUT or reason is Kill.TERMINATE:
             if not w.inflight or w.inflight[0] is not w.kill_target:
-                self._requeue(w.inflight)  # its call finished just before the kill
+                # The call it was killed for finished just before the kill: the
+                # next one may have started, and must not run again elsewhere.
+                self._settle_lost(
+                    w,
+                    f"worker pid {w.pid} was killed for call {w.kill_target.tid}, "
+                    f"which finished just before",
+                    exitcode,
+                )
                 return
             head = w.inflight.popleft()
             if reason is Kill.TIMEOUT:
@@ -208,20 +216,38 @@ class Outcomes:
         if w.fatal:
             detail = f"worker pid {w.pid} failed: {w.fatal}; it ended with {how}"
         if self.on_crash == "restart" and not (w.fatal and "initializer" in w.fatal):
-            if w.inflight:
-                head = w.inflight.popleft()
-                self.failed += 1
-                self._requeue(w.inflight)
-                head.settle(
-                    exc=WorkerDied(
-                        f"{detail} while running call {head.tid}; a new worker takes its place",
-                        w.pid,
-                        exitcode,
-                    ),
-                )
+            self._settle_lost(w, detail, exitcode)
             return
         msg = f"{BROKEN_PREFIX}: {detail}."
         self._break(msg, lost=w.inflight)
+
+    def _settle_lost(self, w: Lane, detail: str, exitcode: int | None) -> None:
+        """w died holding calls: the head fails with WorkerDied, unless it
+        certainly never started; the calls behind it go first in line again.
+
+        A call runs at most once. A worker runs its calls in order and writes
+        each result as soon as the call ends (results held back, FLAG_HOLD, only
+        where a death breaks the pool), and its pipe was read to the end: so
+        only the head may have started. It certainly had not when it asked to
+        report its start (a call with a deadline) and no STARTED frame came.
+        """
+        inflight = w.inflight
+        if not inflight:
+            return
+        head = inflight[0]
+        if head.timeout is not None and not head.t0:
+            self._requeue(inflight)  # it never started: it may run elsewhere
+            return
+        inflight.popleft()
+        self.failed += 1
+        self._requeue(inflight)
+        head.settle(
+            exc=WorkerDied(
+                f"{detail} while running call {head.tid}; a new worker takes its place",
+                w.pid,
+                exitcode,
+            ),
+        )
 
     def _requeue(self, tasks: deque) -> None:
         """Calls a dead worker held but had not started go first in line again."""
@@ -319,9 +345,22 @@ class Outcomes:
             else:
                 continue
             if now >= due:
+                if _readable(w.result_fd):
+                    # Its result may be there already (a manager held up): read
+                    # it first, or the kill would hit the call after it.
+                    best = now
+                    continue
                 w.kill_reason = reason
                 w.kill_target = head
                 self._signal(w, signal.SIGKILL)
             elif best is None or due < best:
                 best = due
         return None if best is None else best - now
+
+
+def _readable(fd: int) -> bool:
+    """Whether fd has something to read now (checked only when a deadline passed)."""
+    try:
+        return bool(select.select([fd], [], [], 0)[0])
+    except (OSError, ValueError):
+        return False
