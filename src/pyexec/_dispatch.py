@@ -8,7 +8,8 @@ A mixin of Manager: these methods run in the manager thread only, with
 dispatch_lock held. They write ``pending`` (pop), the lanes' ``inflight``,
 ``quota``, ``mark`` and ``state`` (to EXITING), ``starting``,
 ``started_workers``, ``replaced``, ``failed`` (a map item that cannot be
-pickled) and the set of call fds watched while full (``_writers``).
+pickled), ``cancelled`` (calls dropped: cancelled, or of an abandoned map)
+and the set of call fds watched while full (``_writers``).
 """
 
 from __future__ import annotations
@@ -33,7 +34,10 @@ class Dispatch:
 
     def _adjust_workers(self) -> None:
         """Start workers while there is more work than live workers can take."""
-        alive = sum(1 for w in self.workers if w.state is UP) + self.starting
+        # A worker asked to exit still counts while it runs its last calls: a
+        # retired worker's replacement starts once the old one is done, so no
+        # more than max_workers processes run calls (as in the stdlib).
+        alive = sum(1 for w in self.workers if w.state is UP or w.inflight) + self.starting
         inflight = sum(len(w.inflight) for w in self.workers)
         want = max(self.keep, min(self.max_workers, self._backlog(self.max_workers) + inflight))
         if self.stop and not self.pending:
@@ -46,6 +50,9 @@ class Dispatch:
                 w = self.launcher.start()
             except LauncherGone as exc:
                 self._break(f"{BROKEN_PREFIX}: {exc.strerror}", cause=exc.__cause__)
+                return
+            except Exception as exc:  # fork's EAGAIN, spawn's main module failing...
+                self._break(f"{BROKEN_PREFIX}: a worker could not be started: {exc!r}", cause=exc)
                 return
             if w is None:
                 self.starting += 1  # on its way: see take_ready
@@ -148,13 +155,18 @@ class Dispatch:
                             and pending[0].job is None
                         ):
                             run.append(pending.popleft())
-                        for task in start_fast(run):  # cancelled ones are left out
+                        started = start_fast(run)  # cancelled ones are left out
+                        if started is not run:
+                            self.cancelled += len(run) - len(started)
+                        for task in started:
                             report = frames.FLAG_STARTED if task.timeout is not None else 0
                             push(KIND_CALL, task.tid, task.payload, report)
                             inflight.append(task)
                             sent += 1
                     elif task.start():  # a map item sent again after a restart
                         sent += self._push_batch(w, task.job, room - sent, [task])
+                    else:
+                        self.cancelled += 1
                 if sent:
                     if idle:
                         w.mark = now
@@ -181,7 +193,8 @@ class Dispatch:
                 batch.append(pending.popleft())
         else:
             with self.lock:
-                if job.cancelled:
+                if job.cancelled:  # its iterator was dropped: its calls never run
+                    self.cancelled += job.waiting
                     job.items.clear()
                     job.waiting = 0
                 else:
@@ -231,7 +244,8 @@ class Dispatch:
         else:
             with self.lock:
                 task = None
-                if job.cancelled:
+                if job.cancelled:  # its iterator was dropped: its calls never run
+                    self.cancelled += job.waiting
                     job.items.clear()
                     job.waiting = 0
                 else:

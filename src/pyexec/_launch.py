@@ -33,6 +33,9 @@ class Launcher(Protocol):
     initial: int  # workers already on their way when the pool starts
     quitting: bool  # told by quit() that no worker will be asked for again
     thread_bound: bool  # the workers die with the thread that started them
+    # A worker started and lost on its way (its fds could not be received):
+    # the manager takes it (setting None) and breaks the pool with it.
+    failure: OSError | None
 
     def start(self) -> Lane | None:
         """Start one worker: the Lane, or None when it arrives later through
@@ -66,6 +69,7 @@ class ProcessLauncher:
     fd = -1  # nothing to watch: start() returns the worker itself
     initial = 0  # no worker is on its way at the start
     quitting = False
+    failure = None  # start() raises instead
 
     def __init__(self, ctx: Any, config: WorkerConfig, deathsig: bool = True) -> None:
         """deathsig False: the worker asks for no parent-death signal (someone

@@ -98,6 +98,7 @@ class Manager(Dispatch, Outcomes, HandOff):
         self.broken: str | None = None
         self.window = Window()  # how many calls each worker may hold
         self.submitted = self.completed = self.failed = self.replaced = 0
+        self.cancelled = 0  # calls dropped unrun (see _dispatch, _break)
         self.starting = self.started_workers = 0
         # Workers to keep whatever the backlog: a worker killed or crashed is
         # replaced at once (the pool stays whole), not when work next asks.
@@ -199,17 +200,28 @@ class Manager(Dispatch, Outcomes, HandOff):
         self.terminate_requests.append(task)
         self.wake()
 
-    def counters(self) -> tuple[int, int, int, int, int, int]:
-        """(submitted, completed, failed, running, workers alive, replaced) as of
-        now; racy by design (no lock), each one exact."""
+    def counters(self) -> tuple[int, int, int, int, int, int, int]:
+        """(submitted, completed, failed, running, workers alive, replaced,
+        cancelled) as of now; racy by design (no lock), each one exact.
+
+        Alive: the workers that take calls or still run some (one asked to
+        exit is done once its calls are: its replacement may be starting).
+        """
+        workers = list(self.workers)
         # A chunk of a map counts its items (list() copies a deque in one C call).
         running = sum(
-            t.count if t.__class__ is ChunkTask else 1
-            for w in list(self.workers)
-            for t in list(w.inflight)
+            t.count if t.__class__ is ChunkTask else 1 for w in workers for t in list(w.inflight)
         )
-        alive = sum(1 for w in list(self.workers) if w.state is not DEAD)
-        return self.submitted, self.completed, self.failed, running, alive, self.replaced
+        alive = sum(1 for w in workers if w.state is UP or (w.state is not DEAD and w.inflight))
+        return (
+            self.submitted,
+            self.completed,
+            self.failed,
+            running,
+            alive,
+            self.replaced,
+            self.cancelled,
+        )
 
     # ---- the loop ---------------------------------------------------------
 
@@ -242,6 +254,10 @@ class Manager(Dispatch, Outcomes, HandOff):
             for w in self.launcher.take_ready():
                 self.starting -= 1
                 self._add_worker(w)
+            if self.launcher.failure is not None:
+                failure, self.launcher.failure = self.launcher.failure, None
+                self.starting -= 1
+                self._break(f"{BROKEN_PREFIX}: a new worker was lost: {failure}", cause=failure)
             self._control()
             if self.broken is None:
                 self._adjust_workers()

@@ -7,7 +7,7 @@ exiting worker's grace) and break the pool. A mixin of Manager: these
 methods run in the manager thread (``_decode`` and ``_protocol_error`` also in
 a hand-off, under dispatch_lock, see _handoff). They write the lanes'
 ``inflight`` (pop), ``state`` (to DEAD), ``mark``, ``recycle``, ``acked``,
-``fatal``, ``kill_reason``; ``completed``, ``failed``, ``keep``, ``broken``,
+``fatal``, ``kill_reason``; ``completed``, ``failed``, ``cancelled``, ``keep``, ``broken``,
 the window, and ``pending`` (requeued calls go first).
 """
 
@@ -289,6 +289,7 @@ class Outcomes:
         if executor is not None:
             with executor._lock:
                 executor._broken = msg
+                executor._broken_cause = cause
             del executor
         doomed = list(lost or ())
         if lost:
@@ -304,7 +305,8 @@ class Outcomes:
                 w.exit_at = now
                 self._signal(w, signal.SIGTERM)
         for task in doomed:
-            if cancelled and task.cancel():
+            if _cancelled(task) or (cancelled and task.cancel()):
+                self.cancelled += 1
                 continue
             self.failed += 1
             err = BrokenProcessPool(msg)
@@ -356,6 +358,13 @@ class Outcomes:
             elif best is None or due < best:
                 best = due
         return None if best is None else best - now
+
+
+def _cancelled(task: Any) -> bool:
+    """A call cancelled while it waited (its future, or its map abandoned)."""
+    if task.started:
+        return False
+    return task.job.cancelled if task.future is None else task.future.cancelled()
 
 
 def _readable(fd: int) -> bool:

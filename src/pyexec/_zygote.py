@@ -21,6 +21,7 @@ attached; the zygote's side (_zygote) is the zygote process's one thread.
 
 from __future__ import annotations
 
+import errno
 import multiprocessing
 
 # Imported here, in the parent, so workers forked from the zygote inherit them
@@ -91,6 +92,8 @@ class ZygoteLauncher:
         """Fork the first worker, then the zygote: the first call need not wait
         for a request's round trip, nor for the zygote."""
         self._codes: dict[int, int] = {}
+        self._lost: set[int] = set()  # workers whose fds did not arrive (see failure)
+        self.failure: OSError | None = None
         self._ready: list[Lane] = []
         self.initial = 1  # the first worker, on its way
         self.dead = False  # the zygote is gone: signal workers by pid
@@ -186,7 +189,7 @@ class ZygoteLauncher:
         """
         self._sock.settimeout(timeout)
         try:
-            data, fds, _flags, _addr = socket.recv_fds(self._sock, REC.size, 3)
+            data, fds, flags, _addr = socket.recv_fds(self._sock, REC.size, 3)
         except ConnectionResetError:  # it died with a request of ours unread
             data, fds = b"", []
         finally:
@@ -198,14 +201,33 @@ class ZygoteLauncher:
             self.dead = True
             return False  # the zygote is gone
         cmd, pid, code = REC.unpack(data)
-        if cmd == Cmd.WORKER:
+        if cmd == Cmd.WORKER and (flags & socket.MSG_CTRUNC or len(fds) != 3):
+            # The kernel could not give us all of the worker's fds: this process
+            # has no fd free (EMFILE, or ENFILE system-wide). The worker cannot
+            # be used: close what came, have it killed, tell the manager.
+            for fd in fds:
+                os.close(fd)
+            self._lost.add(pid)
+            try:
+                self._sock.sendall(REC.pack(Cmd.KILL, pid, signal.SIGKILL))
+            except OSError:
+                pass
+            self.failure = OSError(
+                errno.EMFILE,
+                f"{os.strerror(errno.EMFILE)}: the fds of a new worker (pid {pid}) "
+                "could not be received",
+            )
+        elif cmd == Cmd.WORKER:
             call_w, res_r, sentinel = fds
             for fd in fds:  # recvmsg does not set close-on-exec
                 os.set_inheritable(fd, False)
             _fds.own_fd(sentinel)
             self._ready.append(Lane(pid, call_w, res_r, sentinel, None))
         elif cmd == Cmd.EXITED:
-            self._codes[pid] = code
+            if pid in self._lost:
+                self._lost.discard(pid)
+            else:
+                self._codes[pid] = code
         return True
 
     def exitcode(self, w: Lane, timeout: float) -> int | None:
