@@ -292,11 +292,6 @@ def test_two_threads_create_fork_pools_at_once():
 # ---- 6e. a restart storm -------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 14.6e: on_crash='restart' replaces a worker whose initializer kills "
-    "it without backoff or limit",
-)
 @pytest.mark.timeout(120)
 def test_restart_storm_is_bounded(method, tmp_path):
     """An initializer that calls os._exit under on_crash="restart": a bounded number

@@ -42,6 +42,8 @@ class Dispatch:
         want = max(self.keep, min(self.max_workers, self._backlog(self.max_workers) + inflight))
         if self.stop and not self.pending:
             want = 0
+        if self.start_after and time.monotonic() < self.start_after:
+            return  # a worker died before it was ready: wait a moment (see _worker_died)
         while alive < want:
             if self.started_workers >= self.max_workers:
                 self.replaced += 1

@@ -100,6 +100,10 @@ class Manager(Dispatch, Outcomes, HandOff):
         self.submitted = self.completed = self.failed = self.replaced = 0
         self.cancelled = 0  # calls dropped unrun (see _dispatch, _break)
         self.starting = self.started_workers = 0
+        self.early_deaths = 0  # workers in a row dead before READY (see _worker_died)
+        self.start_after = 0.0  # no worker is started before then (monotonic)
+        init = executor._config.initializer
+        self.initializer_name = "" if init is None else getattr(init, "__qualname__", repr(init))
         # Workers to keep whatever the backlog: a worker killed or crashed is
         # replaced at once (the pool stays whole), not when work next asks.
         self.keep = 0
@@ -275,6 +279,13 @@ class Manager(Dispatch, Outcomes, HandOff):
             if self.masked:
                 self.rearm_masked()
             timeout = self._deadlines()
+            if self.start_after:
+                pause = self.start_after - time.monotonic()
+                if pause <= 0:
+                    self.start_after = 0.0
+                    timeout = 0.0
+                elif timeout is None or pause < timeout:
+                    timeout = pause
             if self.pending and self.broken is None and self._has_room():
                 timeout = 0.0
             self.sleep_until = None if timeout is None else time.monotonic() + timeout

@@ -40,6 +40,11 @@ from ._tasks import drain_pending, settle_all
 UP, EXITING, DEAD = State.UP, State.EXITING, State.DEAD
 # How long the manager waits for a dead worker's exit status.
 EXIT_STATUS_WAIT = 1.0
+# on_crash="restart": workers in a row that may die before they are ready (the
+# initializer, or the worker's start, ended them) before the pool breaks, and
+# the pause before the first replacement (doubled after each such death).
+EARLY_DEATHS_MAX = 4
+EARLY_DEATH_PAUSE = 0.05
 # How long a worker asked to exit may take before it is killed (seconds),
 # counted from the moment its last call is done.
 EXIT_GRACE = 5.0
@@ -133,6 +138,8 @@ class Outcomes:
                             inflight[0].t0 = time.monotonic()
                     elif kind == frames.KIND_READY:
                         w.mark = time.monotonic()  # the head call starts now
+                        w.ready = True
+                        self.early_deaths = 0
                     elif kind == frames.KIND_EXIT_ACK:
                         w.acked = True
                     elif kind == frames.KIND_FATAL:
@@ -216,8 +223,23 @@ class Outcomes:
         if w.fatal:
             detail = f"worker pid {w.pid} failed: {w.fatal}; it ended with {how}"
         if self.on_crash == "restart" and not (w.fatal and "initializer" in w.fatal):
-            self._settle_lost(w, detail, exitcode)
-            return
+            if w.ready:
+                self._settle_lost(w, detail, exitcode)
+                return
+            # Dead before it was ready: it ran none of its calls. A worker that
+            # cannot start (its initializer exits it, say) is replaced after a
+            # growing pause, and after EARLY_DEATHS_MAX in a row the pool breaks.
+            self.early_deaths += 1
+            if self.early_deaths < EARLY_DEATHS_MAX:
+                self._requeue(w.inflight)
+                pause = EARLY_DEATH_PAUSE * 2 ** (self.early_deaths - 1)
+                self.start_after = time.monotonic() + pause
+                return
+            why = f"; its initializer is {self.initializer_name}" if self.initializer_name else ""
+            detail = (
+                f"{self.early_deaths} workers in a row died before they were ready{why}; "
+                f"the last: {detail}"
+            )
         msg = f"{BROKEN_PREFIX}: {detail}."
         self._break(msg, lost=w.inflight)
 
