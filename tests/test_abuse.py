@@ -209,11 +209,6 @@ def test_calls_queued_behind_a_hung_call_run_elsewhere(ctx):
 # ---- 6g. a grandchild holds shutdown() for its whole life ----------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 14.6g: a worker's exit is seen only through its result pipe's EOF, "
-    "which a grandchild that inherited the pipe keeps open",
-)
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("method", ["fork", "spawn"])
 def test_shutdown_does_not_wait_for_a_grandchild(method, tmp_path):

@@ -40,7 +40,7 @@ from typing import Any
 
 from . import _fds
 from ._lanes import Lane
-from ._launch import LauncherGone, ProcessLauncher, start_process
+from ._launch import LauncherGone, ProcessLauncher, pidfd, start_process
 from ._worker import WorkerConfig
 
 # zygote <-> parent records: a command byte and two int32s.
@@ -293,10 +293,10 @@ def _zygote(sock: socket.socket, config: WorkerConfig, initial: int, adopted: li
     ctx = multiprocessing.get_context("fork")
     for fd in adopted:  # pidfds of the parent's own workers
         _fds.own_fd(fd)  # not for ours
-    procs: dict[int, Any] = {}  # sentinel -> Process
+    procs: dict[int, Any] = {}  # sentinel (a pidfd where there are) -> Process
     for _ in range(initial):
-        proc = _fork_worker(ctx, sock, config)
-        procs[proc.sentinel] = proc
+        sentinel, proc = _fork_worker(ctx, sock, config)
+        procs[sentinel] = proc
     parent_alive = True
     quitting = False
     while (parent_alive and not quitting) or procs:
@@ -326,8 +326,8 @@ def _zygote(sock: socket.socket, config: WorkerConfig, initial: int, adopted: li
                         _fds.close_fd(fd)
                     adopted.clear()
                 elif cmd == Cmd.START:
-                    proc = _fork_worker(ctx, sock, config)
-                    procs[proc.sentinel] = proc
+                    sentinel, proc = _fork_worker(ctx, sock, config)
+                    procs[sentinel] = proc
                 elif cmd == Cmd.KILL:
                     for p in procs.values():
                         if p.pid == pid:
@@ -337,7 +337,9 @@ def _zygote(sock: socket.socket, config: WorkerConfig, initial: int, adopted: li
                                 pass
             else:
                 proc = procs.pop(r)
-                proc.join()
+                proc.join()  # waitpid: it exited (a grandchild may hold its pipes)
+                if r != proc.sentinel:
+                    _fds.close_fd(r)
                 if parent_alive:
                     try:
                         sock.sendall(REC.pack(Cmd.EXITED, proc.pid, proc.exitcode))
@@ -347,15 +349,20 @@ def _zygote(sock: socket.socket, config: WorkerConfig, initial: int, adopted: li
                 proc.close()
 
 
-def _fork_worker(ctx: Any, sock: socket.socket, config: WorkerConfig) -> Any:
+def _fork_worker(ctx: Any, sock: socket.socket, config: WorkerConfig) -> tuple[int, Any]:
+    """Fork a worker and hand the parent its fds: (its sentinel, its Process).
+    The sentinel is a pidfd where there are (see _launch), for both."""
     signal.signal(signal.SIGINT, signal.default_int_handler)  # the zygote ignores it
     try:
         proc, call_w, res_r = start_process(ctx, config)
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sentinel = pidfd(proc.pid)
+    if sentinel < 0:
+        sentinel = proc.sentinel
     try:
-        socket.send_fds(sock, [REC.pack(Cmd.WORKER, proc.pid, 0)], [call_w, res_r, proc.sentinel])
+        socket.send_fds(sock, [REC.pack(Cmd.WORKER, proc.pid, 0)], [call_w, res_r, sentinel])
     finally:
         _fds.close_fd(call_w)
         _fds.close_fd(res_r)
-    return proc
+    return sentinel, proc
