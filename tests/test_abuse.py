@@ -449,3 +449,31 @@ def test_fork_failing_in_submit_raises_it_and_the_pool_stays_usable(monkeypatch)
                 ex.submit(tiny, 1)
         assert info.value.errno == errno.EAGAIN
         assert ex.submit(tiny, 2).result(timeout=30) == tiny(2)
+
+
+@pytest.mark.timeout(60)
+def test_zygote_failing_to_fork_breaks_the_pool_with_its_cause(monkeypatch):
+    """The fork zygote's fork fails (EAGAIN) when a second worker is asked for: the
+    pool breaks with that OSError as the cause, not 'the zygote died'."""
+    import multiprocessing.popen_fork as popen_fork
+
+    here, launch = os.getpid(), popen_fork.Popen._launch
+
+    def launch_here_only(self, process_obj):
+        if os.getpid() != here:  # in the zygote
+            raise OSError(errno.EAGAIN, "Resource temporarily unavailable (test)")
+        return launch(self, process_obj)
+
+    monkeypatch.setattr(popen_fork.Popen, "_launch", launch_here_only)
+    with pyexec.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork")) as ex:
+        futures = [ex.submit(sleep_for, 0.5) for _ in range(2)]
+        causes = [f.exception(timeout=30) for f in futures]
+        assert any(
+            isinstance(e, cf.process.BrokenProcessPool)
+            and isinstance(e.__cause__, OSError)
+            and e.__cause__.errno == errno.EAGAIN
+            for e in causes
+        ), causes
+        with pytest.raises(cf.process.BrokenProcessPool) as info:
+            ex.submit(tiny, 1)
+        assert getattr(info.value.__cause__, "errno", None) == errno.EAGAIN

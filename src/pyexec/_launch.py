@@ -42,8 +42,9 @@ class Launcher(Protocol):
     initial: int  # workers already on their way when the pool starts
     quitting: bool  # told by quit() that no worker will be asked for again
     thread_bound: bool  # the workers die with the thread that started them
-    # A worker started and lost on its way (its fds could not be received):
-    # the manager takes it (setting None) and breaks the pool with it.
+    # A worker asked for and lost on its way (the zygote could not fork it,
+    # or its fds could not be received): the manager takes it (setting None)
+    # and breaks the pool with it.
     failure: OSError | None
 
     def start(self) -> Lane | None:

@@ -261,7 +261,9 @@ class Manager(Dispatch, Outcomes, HandOff):
             if self.launcher.failure is not None:
                 failure, self.launcher.failure = self.launcher.failure, None
                 self.starting -= 1
-                self._break(f"{BROKEN_PREFIX}: a new worker was lost: {failure}", cause=failure)
+                self._break(
+                    f"{BROKEN_PREFIX}: a new worker could not be started: {failure}", cause=failure
+                )
             self._control()
             if self.broken is None:
                 self._adjust_workers()

@@ -55,6 +55,7 @@ class Cmd(IntEnum):
     KILL = ord("K")  # parent -> zygote: signal worker pid with sig
     WORKER = ord("W")  # zygote -> parent: a new worker (pid; its 3 fds attached)
     EXITED = ord("X")  # zygote -> parent: worker pid exited with code
+    FAILED = ord("F")  # zygote -> parent: a START failed with errno code
 
 
 def _read_rest(sock: socket.socket, data: bytes) -> bytes:
@@ -223,6 +224,10 @@ class ZygoteLauncher:
                 os.set_inheritable(fd, False)
             _fds.own_fd(sentinel)
             self._ready.append(Lane(pid, call_w, res_r, sentinel, None))
+        elif cmd == Cmd.FAILED:
+            self.failure = OSError(
+                code, f"{os.strerror(code)}: pyexec's fork zygote (pid {self.pid}) could not fork"
+            )
         elif cmd == Cmd.EXITED:
             if pid in self._lost:
                 self._lost.discard(pid)
@@ -326,8 +331,12 @@ def _zygote(sock: socket.socket, config: WorkerConfig, initial: int, adopted: li
                         _fds.close_fd(fd)
                     adopted.clear()
                 elif cmd == Cmd.START:
-                    sentinel, proc = _fork_worker(ctx, sock, config)
-                    procs[sentinel] = proc
+                    try:
+                        sentinel, proc = _fork_worker(ctx, sock, config)
+                    except OSError as exc:  # fork's EAGAIN, out of fds...
+                        sock.sendall(REC.pack(Cmd.FAILED, 0, exc.errno or 0))
+                    else:
+                        procs[sentinel] = proc
                 elif cmd == Cmd.KILL:
                     for p in procs.values():
                         if p.pid == pid:
