@@ -11,6 +11,7 @@ when the timeout passes: a hang fails the test instead of the suite.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import errno
 import multiprocessing
 import os
 import random
@@ -75,11 +76,6 @@ def _kill_quietly(pid: int) -> None:
 # ---- 5. a call runs twice --------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 14.5: a worker killed for a call that had just finished has its "
-    "running next call requeued (_worker_died), which then runs twice",
-)
 @pytest.mark.timeout(120)
 def test_no_call_runs_twice_under_deadlines_and_terminate(tmp_path):
     """Deadlines and terminate_task hammered against calls that finish at the same
@@ -126,11 +122,6 @@ def _kill_after_finish_round(ex, log: Path, base: int) -> list:
     return [x, a, b]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 14.5: _worker_died requeues the call that ran after the one its "
-    "worker was killed for, when that one had just finished",
-)
 @pytest.mark.timeout(120)
 def test_kill_after_the_call_finished_does_not_run_the_next_twice(ctx, tmp_path):
     """A deadline checked late (the call finished meanwhile): the next call, which
@@ -218,11 +209,6 @@ def test_calls_queued_behind_a_hung_call_run_elsewhere(ctx):
 # ---- 6g. a grandchild holds shutdown() for its whole life ----------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 14.6g: a worker's exit is seen only through its result pipe's EOF, "
-    "which a grandchild that inherited the pipe keeps open",
-)
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("method", ["fork", "spawn"])
 def test_shutdown_does_not_wait_for_a_grandchild(method, tmp_path):
@@ -301,11 +287,6 @@ def test_two_threads_create_fork_pools_at_once():
 # ---- 6e. a restart storm -------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 14.6e: on_crash='restart' replaces a worker whose initializer kills "
-    "it without backoff or limit",
-)
 @pytest.mark.timeout(120)
 def test_restart_storm_is_bounded(method, tmp_path):
     """An initializer that calls os._exit under on_crash="restart": a bounded number
@@ -361,11 +342,6 @@ def test_submit_bytes_is_not_callable(ctx):
 # ---- 6i. out of fds while the zygote hands over a new worker ------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 14.6i: ZygoteLauncher.receive unpacks the fds recv_fds got without "
-    "checking for a truncated (MSG_CTRUNC) message: ValueError, fds leaked",
-)
 @pytest.mark.timeout(120)
 def test_out_of_fds_while_replacing_a_worker_says_emfile():
     """No fd free when the zygote sends a replacement worker's three: the error must
@@ -386,10 +362,6 @@ def _accounted(s) -> int:
     return s.completed + s.failed + s.pending + s.running + getattr(s, "cancelled", 0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 14.6j: _break counts a cancelled call left in pending as failed",
-)
 @pytest.mark.timeout(60)
 def test_stats_does_not_count_a_cancelled_call_as_failed(ctx):
     """A pending call cancelled, then the pool breaks: one call failed, not two."""
@@ -404,10 +376,6 @@ def test_stats_does_not_count_a_cancelled_call_as_failed(ctx):
     assert s.failed == 1, s
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 14.6j: the items of an abandoned map are dropped uncounted",
-)
 @pytest.mark.timeout(60)
 def test_stats_accounts_for_an_abandoned_map(ctx):
     """A map dropped after its first result: every submitted call is accounted for."""
@@ -421,10 +389,6 @@ def test_stats_accounts_for_an_abandoned_map(ctx):
     assert s.submitted == _accounted(s), s
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 14.6j: stats() counts exiting workers beside their replacements as alive",
-)
 @pytest.mark.timeout(60)
 def test_stats_never_shows_more_workers_than_max_workers(ctx):
     """Workers retired by max_tasks_per_child (exiting, finishing their window) while
@@ -437,3 +401,79 @@ def test_stats_never_shows_more_workers_than_max_workers(ctx):
             time.sleep(0.001)
         cf.wait(futures, timeout=60)
     assert most <= 2, f"stats() showed {most} live workers of 2"
+
+
+# ---- a worker that cannot be started ------------------------------------------------------
+
+
+class _NoStartProcess(multiprocessing.context.SpawnProcess):
+    def start(self):
+        raise OSError(errno.EAGAIN, "Resource temporarily unavailable (test)")
+
+
+class _NoStartContext(multiprocessing.context.SpawnContext):
+    Process = _NoStartProcess
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_that_cannot_start_breaks_the_pool_with_its_cause():
+    """Process.start() fails (fork's EAGAIN, spawn's main module failing): the call and
+    every later submit raise BrokenProcessPool whose __cause__ is that error."""
+    with pyexec.ProcessPoolExecutor(1, mp_context=_NoStartContext()) as ex:
+        exc = ex.submit(tiny, 1).exception(timeout=30)
+        assert isinstance(exc, cf.process.BrokenProcessPool), repr(exc)
+        assert isinstance(exc.__cause__, OSError) and exc.__cause__.errno == errno.EAGAIN
+        assert "Resource temporarily unavailable" in str(exc)
+        with pytest.raises(cf.process.BrokenProcessPool) as info:
+            ex.submit(tiny, 2)
+        assert isinstance(info.value.__cause__, OSError), repr(info.value.__cause__)
+        assert info.value.__cause__.errno == errno.EAGAIN
+
+
+@pytest.mark.timeout(60)
+def test_fork_failing_in_submit_raises_it_and_the_pool_stays_usable(monkeypatch):
+    """Under fork the first worker is forked in submit's own thread: its OSError is
+    raised from submit (as the stdlib's is), and a later submit starts the pool.
+
+    The fork fails in Popen._launch, not os.fork: the stdlib's _launch leaks its
+    two pipes when os.fork raises (3.11), which the leak check would blame here."""
+    import multiprocessing.popen_fork as popen_fork
+
+    def no_fork(self, process_obj):
+        raise OSError(errno.EAGAIN, "Resource temporarily unavailable (test)")
+
+    with pyexec.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as ex:
+        with monkeypatch.context() as m:
+            m.setattr(popen_fork.Popen, "_launch", no_fork)
+            with pytest.raises(OSError) as info:
+                ex.submit(tiny, 1)
+        assert info.value.errno == errno.EAGAIN
+        assert ex.submit(tiny, 2).result(timeout=30) == tiny(2)
+
+
+@pytest.mark.timeout(60)
+def test_zygote_failing_to_fork_breaks_the_pool_with_its_cause(monkeypatch):
+    """The fork zygote's fork fails (EAGAIN) when a second worker is asked for: the
+    pool breaks with that OSError as the cause, not 'the zygote died'."""
+    import multiprocessing.popen_fork as popen_fork
+
+    here, launch = os.getpid(), popen_fork.Popen._launch
+
+    def launch_here_only(self, process_obj):
+        if os.getpid() != here:  # in the zygote
+            raise OSError(errno.EAGAIN, "Resource temporarily unavailable (test)")
+        return launch(self, process_obj)
+
+    monkeypatch.setattr(popen_fork.Popen, "_launch", launch_here_only)
+    with pyexec.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork")) as ex:
+        futures = [ex.submit(sleep_for, 0.5) for _ in range(2)]
+        causes = [f.exception(timeout=30) for f in futures]
+        assert any(
+            isinstance(e, cf.process.BrokenProcessPool)
+            and isinstance(e.__cause__, OSError)
+            and e.__cause__.errno == errno.EAGAIN
+            for e in causes
+        ), causes
+        with pytest.raises(cf.process.BrokenProcessPool) as info:
+            ex.submit(tiny, 1)
+        assert getattr(info.value.__cause__, "errno", None) == errno.EAGAIN

@@ -8,7 +8,8 @@ A mixin of Manager: these methods run in the manager thread only, with
 dispatch_lock held. They write ``pending`` (pop), the lanes' ``inflight``,
 ``quota``, ``mark`` and ``state`` (to EXITING), ``starting``,
 ``started_workers``, ``replaced``, ``failed`` (a map item that cannot be
-pickled) and the set of call fds watched while full (``_writers``).
+pickled), ``cancelled`` (calls dropped: cancelled, or of an abandoned map)
+and the set of call fds watched while full (``_writers``).
 
 A call with big buffers (``task.oob``, see _payloads) has them placed in its
 worker's arena here, at dispatch, and a worker's arena takes at most a quarter
@@ -39,11 +40,16 @@ class Dispatch:
 
     def _adjust_workers(self) -> None:
         """Start workers while there is more work than live workers can take."""
-        alive = sum(1 for w in self.workers if w.state is UP) + self.starting
+        # A worker asked to exit still counts while it runs its last calls: a
+        # retired worker's replacement starts once the old one is done, so no
+        # more than max_workers processes run calls (as in the stdlib).
+        alive = sum(1 for w in self.workers if w.state is UP or w.inflight) + self.starting
         inflight = sum(len(w.inflight) for w in self.workers)
         want = max(self.keep, min(self.max_workers, self._backlog(self.max_workers) + inflight))
         if self.stop and not self.pending:
             want = 0
+        if self.start_after and time.monotonic() < self.start_after:
+            return  # a worker died before it was ready: wait a moment (see _worker_died)
         while alive < want:
             if self.started_workers >= self.max_workers:
                 self.replaced += 1
@@ -52,6 +58,9 @@ class Dispatch:
                 w = self.launcher.start()
             except LauncherGone as exc:
                 self._break(f"{BROKEN_PREFIX}: {exc.strerror}", cause=exc.__cause__)
+                return
+            except Exception as exc:  # fork's EAGAIN, spawn's main module failing...
+                self._break(f"{BROKEN_PREFIX}: a worker could not be started: {exc!r}", cause=exc)
                 return
             if w is None:
                 self.starting += 1  # on its way: see take_ready
@@ -171,7 +180,10 @@ class Dispatch:
                             and pending[0].oob is None
                         ):
                             run.append(pending.popleft())
-                        for task in start_fast(run):  # cancelled ones are left out
+                        started = start_fast(run)  # cancelled ones are left out
+                        if started is not run:
+                            self.cancelled += len(run) - len(started)
+                        for task in started:
                             report = frames.FLAG_STARTED if task.timeout is not None else 0
                             if task.oob is None and not releases:
                                 push(KIND_CALL, task.tid, task.payload, report)
@@ -184,6 +196,8 @@ class Dispatch:
                             sent += 1
                     elif task.start():  # a map item sent again after a restart
                         sent += self._push_batch(w, task.job, room - sent, [task])
+                    else:
+                        self.cancelled += 1
                 if sent:
                     if idle:
                         w.mark = now
@@ -239,7 +253,8 @@ class Dispatch:
                 batch.append(pending.popleft())
         else:
             with self.lock:
-                if job.cancelled:
+                if job.cancelled:  # its iterator was dropped: its calls never run
+                    self.cancelled += job.waiting
                     job.items.clear()
                     job.waiting = 0
                 else:
@@ -289,7 +304,8 @@ class Dispatch:
         else:
             with self.lock:
                 task = None
-                if job.cancelled:
+                if job.cancelled:  # its iterator was dropped: its calls never run
+                    self.cancelled += job.waiting
                     job.items.clear()
                     job.waiting = 0
                 else:

@@ -79,6 +79,7 @@ class PoolStats:
     running: int
     workers_alive: int
     workers_replaced: int
+    cancelled: int = 0  # calls that never ran: cancelled, or left by an abandoned map
 
 
 def _process_chunk(fn: Callable, star: bool, chunk: Iterable) -> list:
@@ -463,8 +464,13 @@ class ProcessPoolExecutor(Executor):
         self._pending: deque[Task | MapJob] = deque()
         self._shutdown = False
         self._broken: str | None = None
+        self._broken_cause: BaseException | None = None  # what broke it, if known
         self._mgr: Manager | None = None
         self._ids = itertools.count(1)
+        # Counted here, under _lock, not by the manager: calls that failed in
+        # submit (they could not be pickled) and calls shutdown() cancelled.
+        self._unpickled = 0
+        self._cancelled = 0
 
     # ---- the standard API -------------------------------------------------
 
@@ -519,6 +525,7 @@ class ProcessPoolExecutor(Executor):
             if self._broken or self._shutdown or _global_shutdown:
                 self._check_accepting()  # raises
             if failure is not None:
+                self._unpickled += 1
                 future.set_exception(failure)
                 return future
             mgr = self._mgr or self._start()
@@ -808,13 +815,18 @@ class ProcessPoolExecutor(Executor):
         held = sum(len(w.inflight) for w in list(mgr.workers)) if mgr is not None else 0
         room = self._max_workers + 1 - held
         keep = []
+        dropped = 0
         for task in drain_pending(self._pending, self._lock, self._ids):
             if room > 0 and task.start():
                 keep.append(task)
                 room -= 1
-            elif not task.cancel():
+            elif task.cancel():
+                dropped += getattr(task, "count", 1)  # a chunk of a map: its items
+            else:
                 keep.append(task)  # already running (requeued after a restart)
         self._pending.extendleft(reversed(keep))
+        with self._lock:
+            self._cancelled += dropped
 
     def terminate_workers(self) -> None:
         """Terminate every worker (SIGTERM) and shut down; pending calls are cancelled.
@@ -873,17 +885,29 @@ class ProcessPoolExecutor(Executor):
         pending = sum(
             (0 if e.cancelled else e.waiting) if e.__class__ is MapJob else 1 for e in queued
         )
+        early, dropped = self._unpickled, self._cancelled
+        # ...and count as cancelled at once (the manager counts them when it does).
+        dropped += sum(e.waiting for e in queued if e.__class__ is MapJob and e.cancelled)
         if mgr is None:
-            return PoolStats(0, 0, 0, pending, 0, 0, 0)
-        submitted, completed, failed, running, alive, replaced = mgr.counters()
-        return PoolStats(submitted, completed, failed, pending, running, alive, replaced)
+            return PoolStats(early, 0, early, pending, 0, 0, 0, dropped)
+        submitted, completed, failed, running, alive, replaced, cancelled = mgr.counters()
+        return PoolStats(
+            submitted + early,
+            completed,
+            failed + early,
+            pending,
+            running,
+            alive,
+            replaced,
+            cancelled + dropped,
+        )
 
     # ---- internals ----------------------------------------------------------
 
     def _check_accepting(self) -> None:
         """Raise, as the stdlib does, when no new call may be queued (self._lock held)."""
         if self._broken:
-            raise BrokenProcessPool(self._broken)
+            raise BrokenProcessPool(self._broken) from self._broken_cause
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
         if _global_shutdown:

@@ -63,6 +63,7 @@ class Lane:
         "pid",
         "quota",
         "reader",
+        "ready",
         "recycle",
         "result_fd",
         "sentinel",
@@ -86,6 +87,7 @@ class Lane:
         self.reader = Decoder()
         self.inflight: deque = deque()  # the calls it holds, in the order sent
         self.state = State.UP
+        self.ready = False  # it sent READY (its initializer ran)
         self.mark = 0.0  # when the call at the head of inflight started
         self.exit_at = 0.0  # when it was asked to exit with nothing in flight
         self.quota: int | None = None  # calls it may still be given (max_tasks_per_child)

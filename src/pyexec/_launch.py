@@ -6,6 +6,14 @@ through multiprocessing's own fd passing, so the worker sees the parent's
 Starting one is safe from the manager thread (nothing is forked there).
 fork: see _zygote, whose launcher implements the same protocol.
 
+A worker's sentinel, the fd whose readiness tells the manager it exited, is
+a pidfd of it where the kernel has them (Linux 5.3+): readable when that
+process exits, whoever else holds its pipes (spawn, fork; forkserver's
+sentinel is the fork server's own, which no grandchild holds). multiprocessing's sentinel (and
+the result pipe's end of file) is a pipe the worker's own children inherit:
+a grandchild left running held shutdown() for its whole life. Elsewhere
+(macOS, older kernels) the sentinel is still multiprocessing's, with that flaw.
+
 A launcher belongs to the manager thread once attached (before that, to the
 thread that starts the pool); it keeps no state another thread touches.
 """
@@ -13,6 +21,7 @@ thread that starts the pool); it keeps no state another thread touches.
 from __future__ import annotations
 
 import os
+import select
 import signal
 import socket
 from typing import Any, Protocol
@@ -34,6 +43,10 @@ class Launcher(Protocol):
     initial: int  # workers already on their way when the pool starts
     quitting: bool  # told by quit() that no worker will be asked for again
     thread_bound: bool  # the workers die with the thread that started them
+    # A worker asked for and lost on its way (the zygote could not fork it,
+    # or its fds could not be received): the manager takes it (setting None)
+    # and breaks the pool with it.
+    failure: OSError | None
 
     def start(self) -> Lane | None:
         """Start one worker: the Lane, or None when it arrives later through
@@ -67,6 +80,7 @@ class ProcessLauncher:
     fd = -1  # nothing to watch: start() returns the worker itself
     initial = 0  # no worker is on its way at the start
     quitting = False
+    failure = None  # start() raises instead
 
     def __init__(self, ctx: Any, config: WorkerConfig, deathsig: bool = True) -> None:
         """deathsig False: the worker asks for no parent-death signal (someone
@@ -78,6 +92,10 @@ class ProcessLauncher:
         # worker's parent-death signal (_worker._die_with_parent) fires when
         # that thread ends, not the process: the thread must outlive them.
         self.thread_bound = ctx.get_start_method() == "spawn"
+        # forkserver's workers are the fork server's children: their sentinel
+        # is a pipe the server writes their exit status to, which no
+        # grandchild holds, and their status comes only through it.
+        self._pidfd = ctx.get_start_method() != "forkserver"
         self.pid = os.getpid()  # the process that starts the workers: this one
 
     def quit(self) -> None:
@@ -94,11 +112,16 @@ class ProcessLauncher:
     def start(self) -> Lane | None:
         """Start one worker now and return it."""
         proc, call_w, res_r, side = start_process(self._ctx, self._config, self._deathsig)
-        return Lane(proc.pid, call_w, res_r, proc.sentinel, proc, side)
+        sentinel = pidfd(proc.pid) if self._pidfd else -1
+        sentinel = proc.sentinel if sentinel < 0 else sentinel
+        return Lane(proc.pid, call_w, res_r, sentinel, proc, side)
 
     def exitcode(self, w: Lane, timeout: float) -> int | None:
         """The exit status of a worker whose sentinel fired (None if unknown)."""
-        w._proc.join(timeout)
+        if w.sentinel == w._proc.sentinel:
+            w._proc.join(timeout)
+        else:  # a pidfd (the Process's own sentinel may be held by a grandchild)
+            select.select([w.sentinel], [], [], timeout)
         return w._proc.exitcode
 
     def kill(self, w: Lane, sig: int = signal.SIGKILL) -> None:
@@ -111,16 +134,42 @@ class ProcessLauncher:
 
     def release(self, w: Lane) -> None:
         """Forget a dead worker: reap it and close its sentinel."""
+        proc_sentinel = w._proc.sentinel
+        if w.sentinel != proc_sentinel:
+            _fds.close_fd(w.sentinel)  # its pidfd
         try:
-            w._proc.join(0)
-            w._proc.close()
+            w._proc.close()  # reaps it (polls; join would wait on its sentinel)
         except ValueError:
             pass  # still running: the Process keeps its sentinel
         else:
-            _fds.disown_fd(w.sentinel)  # closed by close()
+            _fds.disown_fd(proc_sentinel)  # closed by close()
 
     def close(self) -> None:
         """Nothing to close."""
+
+
+def pidfd(pid: int) -> int:
+    """An owned pidfd of child pid (see the module's docstring), or -1 where
+    there are none."""
+    if not HAVE_PIDFD:
+        return -1
+    try:
+        return _fds.own_fd(os.pidfd_open(pid))
+    except OSError:
+        return -1
+
+
+def _have_pidfd() -> bool:
+    if not hasattr(os, "pidfd_open"):
+        return False
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except OSError:
+        return False
+    return True
+
+
+HAVE_PIDFD = _have_pidfd()
 
 
 def start_process(

@@ -99,7 +99,12 @@ class Manager(Dispatch, Outcomes, HandOff):
         self.broken: str | None = None
         self.window = Window()  # how many calls each worker may hold
         self.submitted = self.completed = self.failed = self.replaced = 0
+        self.cancelled = 0  # calls dropped unrun (see _dispatch, _break)
         self.starting = self.started_workers = 0
+        self.early_deaths = 0  # workers in a row dead before READY (see _worker_died)
+        self.start_after = 0.0  # no worker is started before then (monotonic)
+        init = executor._config.initializer
+        self.initializer_name = "" if init is None else getattr(init, "__qualname__", repr(init))
         # Workers to keep whatever the backlog: a worker killed or crashed is
         # replaced at once (the pool stays whole), not when work next asks.
         self.keep = 0
@@ -200,17 +205,28 @@ class Manager(Dispatch, Outcomes, HandOff):
         self.terminate_requests.append(task)
         self.wake()
 
-    def counters(self) -> tuple[int, int, int, int, int, int]:
-        """(submitted, completed, failed, running, workers alive, replaced) as of
-        now; racy by design (no lock), each one exact."""
+    def counters(self) -> tuple[int, int, int, int, int, int, int]:
+        """(submitted, completed, failed, running, workers alive, replaced,
+        cancelled) as of now; racy by design (no lock), each one exact.
+
+        Alive: the workers that take calls or still run some (one asked to
+        exit is done once its calls are: its replacement may be starting).
+        """
+        workers = list(self.workers)
         # A chunk of a map counts its items (list() copies a deque in one C call).
         running = sum(
-            t.count if t.__class__ is ChunkTask else 1
-            for w in list(self.workers)
-            for t in list(w.inflight)
+            t.count if t.__class__ is ChunkTask else 1 for w in workers for t in list(w.inflight)
         )
-        alive = sum(1 for w in list(self.workers) if w.state is not DEAD)
-        return self.submitted, self.completed, self.failed, running, alive, self.replaced
+        alive = sum(1 for w in workers if w.state is UP or (w.state is not DEAD and w.inflight))
+        return (
+            self.submitted,
+            self.completed,
+            self.failed,
+            running,
+            alive,
+            self.replaced,
+            self.cancelled,
+        )
 
     # ---- the loop ---------------------------------------------------------
 
@@ -243,6 +259,12 @@ class Manager(Dispatch, Outcomes, HandOff):
             for w in self.launcher.take_ready():
                 self.starting -= 1
                 self._add_worker(w)
+            if self.launcher.failure is not None:
+                failure, self.launcher.failure = self.launcher.failure, None
+                self.starting -= 1
+                self._break(
+                    f"{BROKEN_PREFIX}: a new worker could not be started: {failure}", cause=failure
+                )
             self._control()
             if self.broken is None:
                 self._adjust_workers()
@@ -260,6 +282,13 @@ class Manager(Dispatch, Outcomes, HandOff):
             if self.masked:
                 self.rearm_masked()
             timeout = self._deadlines()
+            if self.start_after:
+                pause = self.start_after - time.monotonic()
+                if pause <= 0:
+                    self.start_after = 0.0
+                    timeout = 0.0
+                elif timeout is None or pause < timeout:
+                    timeout = pause
             if self.pending and self.broken is None and self._has_room():
                 timeout = 0.0
             self.sleep_until = None if timeout is None else time.monotonic() + timeout

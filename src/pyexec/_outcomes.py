@@ -7,9 +7,9 @@ exiting worker's grace) and break the pool. A mixin of Manager: these
 methods run in the manager thread (``_decode`` and ``_protocol_error`` also in
 a hand-off, under dispatch_lock, see _handoff). They write the lanes'
 ``inflight`` (pop), ``state`` (to DEAD), ``mark``, ``recycle``, ``acked``,
-``fatal``, ``kill_reason``; ``completed``, ``failed``, ``keep``, ``broken``,
-the window, and ``pending`` (requeued calls go first). A result frame flagged
-OOB is decoded by its lane's channel (_payloads: big buffers in shared
+``fatal``, ``kill_reason``; ``completed``, ``failed``, ``cancelled``, ``keep``,
+``broken``, the window, and ``pending`` (requeued calls go first). A result frame
+flagged OOB is decoded by its lane's channel (_payloads: big buffers in shared
 memory); a dead lane's channel is closed with its fds (held views stay valid).
 """
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import marshal
 import pickle
+import select
 import signal
 import time
 from collections import deque
@@ -41,6 +42,11 @@ from ._tasks import drain_pending, settle_all
 UP, EXITING, DEAD = State.UP, State.EXITING, State.DEAD
 # How long the manager waits for a dead worker's exit status.
 EXIT_STATUS_WAIT = 1.0
+# on_crash="restart": workers in a row that may die before they are ready (the
+# initializer, or the worker's start, ended them) before the pool breaks, and
+# the pause before the first replacement (doubled after each such death).
+EARLY_DEATHS_MAX = 4
+EARLY_DEATH_PAUSE = 0.05
 # How long a worker asked to exit may take before it is killed (seconds),
 # counted from the moment its last call is done.
 EXIT_GRACE = 5.0
@@ -138,6 +144,8 @@ class Outcomes:
                             inflight[0].t0 = time.monotonic()
                     elif kind == frames.KIND_READY:
                         w.mark = time.monotonic()  # the head call starts now
+                        w.ready = True
+                        self.early_deaths = 0
                     elif kind == frames.KIND_EXIT_ACK:
                         w.acked = True
                     elif kind == frames.KIND_FATAL:
@@ -193,7 +201,14 @@ class Outcomes:
         self.keep = min(self.max_workers, max(self.keep, up))
         if reason is Kill.TIMEOUT or reason is Kill.TERMINATE:
             if not w.inflight or w.inflight[0] is not w.kill_target:
-                self._requeue(w.inflight)  # its call finished just before the kill
+                # The call it was killed for finished just before the kill: the
+                # next one may have started, and must not run again elsewhere.
+                self._settle_lost(
+                    w,
+                    f"worker pid {w.pid} was killed for call {w.kill_target.tid}, "
+                    f"which finished just before",
+                    exitcode,
+                )
                 return
             head = w.inflight.popleft()
             if reason is Kill.TIMEOUT:
@@ -214,20 +229,53 @@ class Outcomes:
         if w.fatal:
             detail = f"worker pid {w.pid} failed: {w.fatal}; it ended with {how}"
         if self.on_crash == "restart" and not (w.fatal and "initializer" in w.fatal):
-            if w.inflight:
-                head = w.inflight.popleft()
-                self.failed += 1
+            if w.ready:
+                self._settle_lost(w, detail, exitcode)
+                return
+            # Dead before it was ready: it ran none of its calls. A worker that
+            # cannot start (its initializer exits it, say) is replaced after a
+            # growing pause, and after EARLY_DEATHS_MAX in a row the pool breaks.
+            self.early_deaths += 1
+            if self.early_deaths < EARLY_DEATHS_MAX:
                 self._requeue(w.inflight)
-                head.settle(
-                    exc=WorkerDied(
-                        f"{detail} while running call {head.tid}; a new worker takes its place",
-                        w.pid,
-                        exitcode,
-                    ),
-                )
-            return
+                pause = EARLY_DEATH_PAUSE * 2 ** (self.early_deaths - 1)
+                self.start_after = time.monotonic() + pause
+                return
+            why = f"; its initializer is {self.initializer_name}" if self.initializer_name else ""
+            detail = (
+                f"{self.early_deaths} workers in a row died before they were ready{why}; "
+                f"the last: {detail}"
+            )
         msg = f"{BROKEN_PREFIX}: {detail}."
         self._break(msg, lost=w.inflight)
+
+    def _settle_lost(self, w: Lane, detail: str, exitcode: int | None) -> None:
+        """w died holding calls: the head fails with WorkerDied, unless it
+        certainly never started; the calls behind it go first in line again.
+
+        A call runs at most once. A worker runs its calls in order and writes
+        each result as soon as the call ends (results held back, FLAG_HOLD, only
+        where a death breaks the pool), and its pipe was read to the end: so
+        only the head may have started. It certainly had not when it asked to
+        report its start (a call with a deadline) and no STARTED frame came.
+        """
+        inflight = w.inflight
+        if not inflight:
+            return
+        head = inflight[0]
+        if head.timeout is not None and not head.t0:
+            self._requeue(inflight)  # it never started: it may run elsewhere
+            return
+        inflight.popleft()
+        self.failed += 1
+        self._requeue(inflight)
+        head.settle(
+            exc=WorkerDied(
+                f"{detail} while running call {head.tid}; a new worker takes its place",
+                w.pid,
+                exitcode,
+            ),
+        )
 
     def _requeue(self, tasks: deque) -> None:
         """Calls a dead worker held but had not started go first in line again."""
@@ -271,6 +319,7 @@ class Outcomes:
         if executor is not None:
             with executor._lock:
                 executor._broken = msg
+                executor._broken_cause = cause
             del executor
         doomed = list(lost or ())
         if lost:
@@ -286,7 +335,8 @@ class Outcomes:
                 w.exit_at = now
                 self._signal(w, signal.SIGTERM)
         for task in doomed:
-            if cancelled and task.cancel():
+            if _cancelled(task) or (cancelled and task.cancel()):
+                self.cancelled += 1
                 continue
             self.failed += 1
             err = BrokenProcessPool(msg)
@@ -327,9 +377,29 @@ class Outcomes:
             else:
                 continue
             if now >= due:
+                if _readable(w.result_fd):
+                    # Its result may be there already (a manager held up): read
+                    # it first, or the kill would hit the call after it.
+                    best = now
+                    continue
                 w.kill_reason = reason
                 w.kill_target = head
                 self._signal(w, signal.SIGKILL)
             elif best is None or due < best:
                 best = due
         return None if best is None else best - now
+
+
+def _cancelled(task: Any) -> bool:
+    """A call cancelled while it waited (its future, or its map abandoned)."""
+    if task.started:
+        return False
+    return task.job.cancelled if task.future is None else task.future.cancelled()
+
+
+def _readable(fd: int) -> bool:
+    """Whether fd has something to read now (checked only when a deadline passed)."""
+    try:
+        return bool(select.select([fd], [], [], 0)[0])
+    except (OSError, ValueError):
+        return False

@@ -21,6 +21,7 @@ attached; the zygote's side (_zygote) is the zygote process's one thread.
 
 from __future__ import annotations
 
+import errno
 import multiprocessing
 
 # Imported here, in the parent, so workers forked from the zygote inherit them
@@ -39,7 +40,7 @@ from typing import Any
 
 from . import _fds
 from ._lanes import Lane
-from ._launch import LauncherGone, ProcessLauncher, start_process
+from ._launch import LauncherGone, ProcessLauncher, pidfd, start_process
 from ._worker import WorkerConfig
 
 # zygote <-> parent records: a command byte and two int32s.
@@ -54,6 +55,7 @@ class Cmd(IntEnum):
     KILL = ord("K")  # parent -> zygote: signal worker pid with sig
     WORKER = ord("W")  # zygote -> parent: a new worker (pid; its 4 fds attached)
     EXITED = ord("X")  # zygote -> parent: worker pid exited with code
+    FAILED = ord("F")  # zygote -> parent: a START failed with errno code
 
 
 def _read_rest(sock: socket.socket, data: bytes) -> bytes:
@@ -91,6 +93,8 @@ class ZygoteLauncher:
         """Fork the first worker, then the zygote: the first call need not wait
         for a request's round trip, nor for the zygote."""
         self._codes: dict[int, int] = {}
+        self._lost: set[int] = set()  # workers whose fds did not arrive (see failure)
+        self.failure: OSError | None = None
         self._ready: list[Lane] = []
         self.initial = 1  # the first worker, on its way
         self.dead = False  # the zygote is gone: signal workers by pid
@@ -187,7 +191,7 @@ class ZygoteLauncher:
         """
         self._sock.settimeout(timeout)
         try:
-            data, fds, _flags, _addr = socket.recv_fds(self._sock, REC.size, 4)
+            data, fds, flags, _addr = socket.recv_fds(self._sock, REC.size, 4)
         except ConnectionResetError:  # it died with a request of ours unread
             data, fds = b"", []
         finally:
@@ -199,14 +203,37 @@ class ZygoteLauncher:
             self.dead = True
             return False  # the zygote is gone
         cmd, pid, code = REC.unpack(data)
-        if cmd == Cmd.WORKER:
+        if cmd == Cmd.WORKER and (flags & socket.MSG_CTRUNC or len(fds) != 4):
+            # The kernel could not give us all of the worker's fds: this process
+            # has no fd free (EMFILE, or ENFILE system-wide). The worker cannot
+            # be used: close what came, have it killed, tell the manager.
+            for fd in fds:
+                os.close(fd)
+            self._lost.add(pid)
+            try:
+                self._sock.sendall(REC.pack(Cmd.KILL, pid, signal.SIGKILL))
+            except OSError:
+                pass
+            self.failure = OSError(
+                errno.EMFILE,
+                f"{os.strerror(errno.EMFILE)}: the fds of a new worker (pid {pid}) "
+                "could not be received",
+            )
+        elif cmd == Cmd.WORKER:
             call_w, res_r, sentinel, side = fds
             for fd in fds:  # recvmsg does not set close-on-exec
                 os.set_inheritable(fd, False)
             _fds.own_fd(sentinel)
             self._ready.append(Lane(pid, call_w, res_r, sentinel, None, side))
+        elif cmd == Cmd.FAILED:
+            self.failure = OSError(
+                code, f"{os.strerror(code)}: pyexec's fork zygote (pid {self.pid}) could not fork"
+            )
         elif cmd == Cmd.EXITED:
-            self._codes[pid] = code
+            if pid in self._lost:
+                self._lost.discard(pid)
+            else:
+                self._codes[pid] = code
         return True
 
     def exitcode(self, w: Lane, timeout: float) -> int | None:
@@ -272,10 +299,10 @@ def _zygote(sock: socket.socket, config: WorkerConfig, initial: int, adopted: li
     ctx = multiprocessing.get_context("fork")
     for fd in adopted:  # pidfds of the parent's own workers
         _fds.own_fd(fd)  # not for ours
-    procs: dict[int, Any] = {}  # sentinel -> Process
+    procs: dict[int, Any] = {}  # sentinel (a pidfd where there are) -> Process
     for _ in range(initial):
-        proc = _fork_worker(ctx, sock, config)
-        procs[proc.sentinel] = proc
+        sentinel, proc = _fork_worker(ctx, sock, config)
+        procs[sentinel] = proc
     parent_alive = True
     quitting = False
     while (parent_alive and not quitting) or procs:
@@ -305,8 +332,12 @@ def _zygote(sock: socket.socket, config: WorkerConfig, initial: int, adopted: li
                         _fds.close_fd(fd)
                     adopted.clear()
                 elif cmd == Cmd.START:
-                    proc = _fork_worker(ctx, sock, config)
-                    procs[proc.sentinel] = proc
+                    try:
+                        sentinel, proc = _fork_worker(ctx, sock, config)
+                    except OSError as exc:  # fork's EAGAIN, out of fds...
+                        sock.sendall(REC.pack(Cmd.FAILED, 0, exc.errno or 0))
+                    else:
+                        procs[sentinel] = proc
                 elif cmd == Cmd.KILL:
                     for p in procs.values():
                         if p.pid == pid:
@@ -316,7 +347,9 @@ def _zygote(sock: socket.socket, config: WorkerConfig, initial: int, adopted: li
                                 pass
             else:
                 proc = procs.pop(r)
-                proc.join()
+                proc.join()  # waitpid: it exited (a grandchild may hold its pipes)
+                if r != proc.sentinel:
+                    _fds.close_fd(r)
                 if parent_alive:
                     try:
                         sock.sendall(REC.pack(Cmd.EXITED, proc.pid, proc.exitcode))
@@ -326,18 +359,21 @@ def _zygote(sock: socket.socket, config: WorkerConfig, initial: int, adopted: li
                 proc.close()
 
 
-def _fork_worker(ctx: Any, sock: socket.socket, config: WorkerConfig) -> Any:
+def _fork_worker(ctx: Any, sock: socket.socket, config: WorkerConfig) -> tuple[int, Any]:
+    """Fork a worker and hand the parent its fds: (its sentinel, its Process).
+    The sentinel is a pidfd where there are (see _launch), for both."""
     signal.signal(signal.SIGINT, signal.default_int_handler)  # the zygote ignores it
     try:
         proc, call_w, res_r, side = start_process(ctx, config)
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sentinel = pidfd(proc.pid)
+    if sentinel < 0:
+        sentinel = proc.sentinel
     try:
-        socket.send_fds(
-            sock, [REC.pack(Cmd.WORKER, proc.pid, 0)], [call_w, res_r, proc.sentinel, side]
-        )
+        socket.send_fds(sock, [REC.pack(Cmd.WORKER, proc.pid, 0)], [call_w, res_r, sentinel, side])
     finally:
         _fds.close_fd(call_w)
         _fds.close_fd(res_r)
         _fds.close_fd(side)
-    return proc
+    return sentinel, proc
