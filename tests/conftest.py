@@ -113,5 +113,14 @@ def no_leaks(request):
         pytest.fail(f"test left shared memory in {SHM}: {sorted(shm)}")
 
 
+# Modules whose imports change the process for every later test (see test_dask.py):
+# their tests run after all the others.
+RUN_LAST = ("test_dask.py",)
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: item.path.name in RUN_LAST)  # stable: order kept otherwise
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "allow_leaks: the test checks leaks itself")

@@ -19,17 +19,35 @@ import urllib.error
 import urllib.request
 from concurrent.futures import Future, as_completed, wait
 from concurrent.futures import TimeoutError as FuturesTimeoutError
+from typing import Any
 
 import dask_funcs as df
-import distributed
 import psutil
 import pytest
 from conftest import _segments
 
 import pyexec
-from pyexec.dask import DaskExecutor
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
+
+# Imported by _import_dask when this module's first test runs, not at collection:
+# importing distributed registers tblib's reducers for every exception class in
+# copyreg (237 of them here), which changes how exceptions pickle in this process
+# and in the workers it forks; other modules' tests compare that with the standard
+# library. conftest runs this module's tests after all the others.
+distributed: Any = None
+DaskExecutor: Any = None
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _import_dask():
+    """distributed and pyexec.dask, at the first test here (an ImportError fails it)."""
+    global distributed, DaskExecutor
+    import distributed as dist
+
+    from pyexec.dask import DaskExecutor as executor
+
+    distributed, DaskExecutor = dist, executor
 
 
 def _until(cond, limit: float = 60.0, what: str = "condition") -> None:
