@@ -303,19 +303,16 @@ def test_restart_storm_is_bounded(method, tmp_path):
 # ---- 6d. a result marshal cannot encode ----------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 14.6d: marshal.dumps of a plain result runs outside the try in the "
-    "worker (_dumps_result): its error kills the worker and breaks the pool",
-)
 @pytest.mark.timeout(60)
 def test_result_marshal_cannot_encode_fails_that_call_only(ctx):
     """A str result marshal refuses (as it refuses one over 2 GiB; simulated by an
-    initializer, 2 GiB being too heavy here): that future fails, the pool goes on."""
+    initializer, 2 GiB being too heavy here): it travels as a pickle instead, as
+    the stdlib's would (pickle protocol 4+ takes it); the pool goes on."""
     with pyexec.ProcessPoolExecutor(1, mp_context=ctx, initializer=break_marshal) as ex:
         f = ex.submit(give, BOOM)
         exc = f.exception(timeout=30)
         assert not isinstance(exc, cf.process.BrokenProcessPool), exc
+        assert f.result() == BOOM
         assert ex.submit(give, 5).result(timeout=30) == 5
 
 

@@ -315,14 +315,18 @@ def _load_call(loads, data, tid: int, chan: Channel | None = None) -> tuple:
 
 def _dumps_result(r, dumps, proto, chan=None) -> tuple[bytes, int, int]:
     """(payload, RESULT, frame flags): marshal data for a plain value
-    (PLAIN), else a pickle; or the pickling error as (pickle, ERROR, 0).
+    (PLAIN), else a pickle (also for a plain value marshal refuses, as it
+    does a str over 2 GiB); or the pickling error as (pickle, ERROR, 0).
     With chan (its shared memory enabled), big buffers go there (FLAG_OOB)."""
     cls = r.__class__
-    if cls in PLAIN:
-        if cls is bytes and chan is not None and len(r) >= THRESHOLD and chan.size:
-            return _dumps_big(r, dumps, proto, chan)
-        return marshal.dumps(r, MARSHAL_VERSION), frames.KIND_RESULT, frames.FLAG_MARSHAL
     try:
+        if cls in PLAIN:
+            if cls is bytes and chan is not None and len(r) >= THRESHOLD and chan.size:
+                return _dumps_big(r, dumps, proto, chan)
+            try:
+                return marshal.dumps(r, MARSHAL_VERSION), frames.KIND_RESULT, frames.FLAG_MARSHAL
+            except Exception:  # e.g. a str over 2 GiB: pickle takes it (protocol 4+)
+                pass
         if chan is None or not chan.size:
             return dumps(r, proto), frames.KIND_RESULT, 0
         bufs: list = []
