@@ -319,11 +319,6 @@ def test_result_marshal_cannot_encode_fails_that_call_only(ctx):
 # ---- 6h. submit(some_bytes) ------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 14.6h: the worker takes a bytes 'function' for a function's pickle "
-    "(_load_call) and unpickles it",
-)
 @pytest.mark.timeout(60)
 def test_submit_bytes_is_not_callable(ctx):
     """submit(b"...") fails its future with TypeError (not callable), as the stdlib's

@@ -406,9 +406,12 @@ _BY_NAME = (FunctionType, BuiltinFunctionType)
 
 
 def dump_call(fn: Callable, args: tuple, kwargs: dict) -> bytes | Pickled:
-    """The pickle of one call: (fn, args, kwargs); for a function its module
-    names, fn's own pickle (bytes) in fn's place, and no kwargs when there are
-    none (the worker resolves that name the same way: _worker._load_call).
+    """The pickle of one call, in one of two forms told apart by length (the
+    worker's _load_call): by reference, for a function its module names,
+    (fn's own pickle, args) or (fn's own pickle, args, kwargs) -- the worker
+    resolves that name the same way; or by value, (None, fn, args, kwargs).
+    The length, not the type of the first item, says which: a bytes object
+    submitted as the function is sent by value, and fails as not callable.
     The common call, a named function with positional arguments, pickles as
     a pair: a third less work than a 4-tuple holding an empty dict.
 
@@ -421,7 +424,7 @@ def dump_call(fn: Callable, args: tuple, kwargs: dict) -> bytes | Pickled:
         if entry is not None and getattr(entry[1], entry[2], None) is fn:
             call = (entry[0], args, kwargs) if kwargs else (entry[0], args)
     if call is None:
-        call = (fn, args, kwargs)
+        call = (None, fn, args, kwargs)
     # Scalars and strings only (the common tiny call): no buffer can hide there.
     for a in args:
         if a.__class__ not in _SCALARS:

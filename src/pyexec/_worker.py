@@ -295,12 +295,13 @@ _FN_REFS_MAX = 256
 
 
 def _load_call(loads, data, tid: int, chan: Channel | None = None) -> tuple:
-    """(fn, args, kwargs) of one CALL frame (see _tasks.dump_call); chan: the
-    frame is flagged OOB, its big buffers are in shared memory."""
+    """(fn, args, kwargs) of one CALL frame (see _tasks.dump_call: four
+    items, by value; two or three, by reference); chan: the frame is flagged
+    OOB, its big buffers are in shared memory."""
     call = _load_args(loads if chan is None else chan.loads, data, tid)
+    if len(call) == 4:
+        return call[1], call[2], call[3]
     ref = call[0]
-    if ref.__class__ is not bytes:
-        return call
     where = _fn_by_ref.get(ref)
     fn = None if where is None else getattr(where[0], where[1], None)
     if fn is None:
