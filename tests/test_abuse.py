@@ -238,11 +238,6 @@ def test_shutdown_does_not_wait_for_a_grandchild(method, tmp_path):
 # ---- 6a. shutdown(wait=True) from a signal handler during result() --------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 14.6a: result()'s help holds dispatch_lock while the handler's "
-    "shutdown waits for the manager, which waits for dispatch_lock",
-)
 @pytest.mark.timeout(120)
 def test_sigterm_handler_shutdown_during_result(method):
     """A SIGTERM handler that calls shutdown(wait=True) while the main thread waits in

@@ -788,8 +788,11 @@ class ProcessPoolExecutor(Executor):
         """Stop taking work; finish (or cancel) what is pending; stop the workers.
 
         With wait=True, return once every worker has exited and every fd is
-        closed. Safe to call more than once, from any thread, and from a
-        done-callback (which runs in the manager thread: it then does not wait).
+        closed. Safe to call more than once, from any thread, from a
+        done-callback (which runs in the manager thread: it then does not wait),
+        and from a signal handler that interrupted result() or submit() (their
+        thread then holds the manager's lock: it does not wait either, see
+        _handoff's no-wait rule).
         """
         if self._pid != os.getpid():
             return  # a forked child's copy: the parent owns the pool
@@ -801,7 +804,11 @@ class ProcessPoolExecutor(Executor):
         if mgr is None:
             return
         mgr.request_stop()
-        if wait and mgr.thread is not threading.current_thread():
+        if (
+            wait
+            and mgr.thread is not threading.current_thread()
+            and mgr.helper != threading.get_ident()
+        ):
             mgr.join()
 
     def _cancel_pending(self) -> None:

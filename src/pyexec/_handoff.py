@@ -26,6 +26,15 @@ callbacks, wait(), as_completed; or done(), see _future) calls
 ``_Task.watch``, which unmasks the fd (``unmask``); and the manager rearms
 every masked fd before it sleeps (``rearm_masked``) and forgets a dead
 lane's (``drop``). Nothing else masks or unmasks a result fd.
+
+The no-wait rule: a hand-off records its thread (``helper``) while it holds
+dispatch_lock. Code that runs in that thread meanwhile -- a signal handler
+(run by the main thread inside help's poll or read), a ``__del__`` -- must
+never wait for the manager thread, which needs the lock that thread holds:
+``shutdown(wait=True)`` there asks the manager to stop and returns without
+waiting (as from a done-callback, in the manager thread), and ``park`` does
+not park that manager. The hand-off ends as soon as it returns to it: the
+manager's wake ends help's poll.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ import math
 import os
 import select
 import time
+from threading import get_ident
 from typing import Any
 
 from . import _fds
@@ -53,6 +63,7 @@ class HandOff:
     masked: set[Lane]
     help_poll: Any
     spin: Spin
+    helper: int
 
     def init_handoff(self) -> None:
         """The hand-offs' own state (called by the manager's __init__)."""
@@ -61,12 +72,21 @@ class HandOff:
         self.masked = set()
         self.help_poll = None  # help()'s poll object, made on first use
         self.spin = Spin()  # whether help() polls before it sleeps
+        self.helper = 0  # the ident of the thread in a hand-off, 0: none (the no-wait rule)
 
     def direct(self, task: Task) -> bool:
         """Write a call straight to an idle worker (submit's thread, dispatch_lock held).
 
         False when no worker is idle: the call then goes through pending.
         """
+        self.helper = get_ident()
+        try:
+            return self._direct(task)
+        finally:
+            self.helper = 0
+
+    def _direct(self, task: Task) -> bool:
+        """direct's body (its thread recorded in helper)."""
         for w in self.workers:
             if (
                 w.state is UP
@@ -121,6 +141,7 @@ class HandOff:
         ):
             return
         settled: list = []
+        self.helper = get_ident()
         try:
             if self.sleeping and not self.closed and task in w.inflight:
                 until = self.sleep_until
@@ -128,6 +149,7 @@ class HandOff:
                     end = until
                 self._read_for(task, w, end, settled)
         finally:
+            self.helper = 0
             self.dispatch_lock.release()
             settle_all(settled)
 

@@ -169,7 +169,12 @@ class Manager(Dispatch, Outcomes, HandOff):
         standard library's would).
         """
         t = self.thread
-        if t is threading.current_thread() or not t.is_alive() or self.launcher.thread_bound:
+        if (
+            t is threading.current_thread()
+            or self.helper == threading.get_ident()  # see _handoff's no-wait rule
+            or not t.is_alive()
+            or self.launcher.thread_bound
+        ):
             return False
         self.parking = True
         self.wake()
