@@ -267,10 +267,6 @@ def test_interrupted_result_loses_no_call(method):
 # ---- 6c. two threads create fork pools at once ------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 14.6c: _start parks and unparks other pools' managers without a lock",
-)
 @pytest.mark.timeout(120)
 def test_two_threads_create_fork_pools_at_once():
     """Pools created by two threads at the same moment, 30 times, beside a busy pool."""

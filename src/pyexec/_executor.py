@@ -39,7 +39,7 @@ from . import _fds, _payloads
 from ._errors import BrokenProcessPool
 from ._future import Future
 from ._launch import Launcher, ProcessLauncher
-from ._manager import Manager, managers
+from ._manager import Manager, forking, managers
 from ._tasks import MapJob, RawBlock, Task, drain_pending, dump_call, dump_call_with, split_block
 from ._worker import WorkerConfig
 from ._zygote import ZygoteLauncher
@@ -937,13 +937,10 @@ class ProcessPoolExecutor(Executor):
             if self._start_method == "fork":
                 # One worker forked at once for the first call; more as the backlog
                 # asks (forking all of them up front made startup 1.5x slower).
-                # Other pools' manager threads are parked around the forks.
-                parked = [m for m in list(managers) if m.pid == os.getpid() and m.park()]
-                try:
+                # Other pools' manager threads are parked around the forks,
+                # one pool at a time.
+                with forking():
                     launcher: Launcher = ZygoteLauncher(self._config)
-                finally:
-                    for m in parked:
-                        m.unpark()
             else:
                 launcher = ProcessLauncher(self._mp_context, self._config)
         except BaseException:

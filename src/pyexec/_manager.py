@@ -40,7 +40,9 @@ import threading
 import time
 import weakref
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import _base
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from . import _fds
@@ -61,6 +63,38 @@ UP, DEAD = State.UP, State.DEAD
 # Every manager of this process (the executor's interpreter-exit hook and
 # the zygote's start, which parks the others, go through them).
 managers: weakref.WeakSet = weakref.WeakSet()
+
+# One fork pool at a time parks the other managers, forks its zygote and
+# unparks them (see forking): two doing it at once unparked one manager twice
+# (two threads on one manager's state). The threads waiting for it, by
+# ident: park() does not wait for a manager whose thread, or whose hand-off's
+# thread, is one of them (it could not reach its safe point: a deadlock).
+_fork_lock = threading.Lock()
+_fork_waiters: set[int] = set()
+
+
+@contextmanager
+def forking() -> Iterator[list[Manager]]:
+    """Park every other manager of this process for the block (taking the
+    fork lock), unpark them after; yields the list of those parked."""
+    me = threading.get_ident()
+    _fork_waiters.add(me)
+    try:
+        _fork_lock.acquire()
+    finally:
+        _fork_waiters.discard(me)
+    parked: list[Manager] = []
+    try:
+        for m in list(managers):
+            if m.pid == os.getpid() and m.park():
+                parked.append(m)
+        yield parked
+    finally:
+        try:
+            for m in parked:
+                m.unpark()
+        finally:
+            _fork_lock.release()
 
 
 class Manager(Dispatch, Outcomes, HandOff):
@@ -116,6 +150,7 @@ class Manager(Dispatch, Outcomes, HandOff):
         self.dispatch_lock = threading.Lock()
         self.wake_lock = threading.Lock()
         self.parking = self.parked = False  # see park()
+        self.park_lock = threading.Lock()  # parking -> parked, or park() giving up
         self.ended = threading.Event()  # set when the manager has closed everything
         self.thread = threading.Thread(target=self.run, name="pyexec-manager", daemon=True)
 
@@ -167,23 +202,41 @@ class Manager(Dispatch, Outcomes, HandOff):
         starting a new pool: that fork cannot avoid this thread), or when the
         workers die with it (spawn: the fork then happens beside it, as the
         standard library's would).
+
+        Called under the fork lock (see forking). Nor when its thread, or
+        the thread in its hand-off, waits for that lock (a done-callback or a
+        signal handler starting a fork pool): it cannot reach its safe point.
         """
         t = self.thread
         if (
             t is threading.current_thread()
             or self.helper == threading.get_ident()  # see _handoff's no-wait rule
+            or self.parking
+            or self.parked
             or not t.is_alive()
             or self.launcher.thread_bound
         ):
             return False
         self.parking = True
         self.wake()
-        t.join()
+        while t.is_alive():
+            if t.ident in _fork_waiters or (self.helper and self.helper in _fork_waiters):
+                # It will take the fork lock after us: leave it running,
+                # unless it has just reached its safe point.
+                with self.park_lock:
+                    if not self.parked:
+                        self.parking = False
+                        return False
+                t.join()  # parked: its thread is ending
+                break
+            t.join(0.01)  # returns as soon as the thread ends
         _wait_thread_gone(t.native_id)
         return self.parked
 
     def unpark(self) -> None:
-        """Start a new thread for a parked manager."""
+        """Start a new thread for a parked manager (once: a no-op otherwise)."""
+        if not self.parked or self.thread.is_alive():
+            return
         self.parking = self.parked = False
         self.thread = threading.Thread(target=self.run, name="pyexec-manager", daemon=True)
         self.thread.start()
@@ -259,8 +312,10 @@ class Manager(Dispatch, Outcomes, HandOff):
         by_fd = self.by_fd
         while True:
             if self.parking:
-                self.parked = True  # a safe point: run() keeps everything open
-                return
+                with self.park_lock:  # against park() giving up meanwhile
+                    if self.parking:
+                        self.parked = True  # a safe point: run() keeps everything open
+                        return
             for w in self.launcher.take_ready():
                 self.starting -= 1
                 self._add_worker(w)
