@@ -5,7 +5,8 @@
  * consumed. A frame is handed out only when all its bytes are there, as a
  * pointer into the buffer, so the buffer moves (compaction, growth) only in
  * px_decoder_read and px_decoder_feed, never in px_decoder_next. A payload
- * length is checked against the limit before any allocation is sized by it.
+ * length is checked against the limit, and sizes no allocation: the buffer
+ * grows with the bytes that arrive (see reserve).
  */
 #include "pyexec.h"
 
@@ -87,10 +88,13 @@ static int fail(px_decoder *d, int err, const char *msg) {
     return err;
 }
 
-/* Make room for at least `room` more bytes after end, and for the frame being
- * assembled (d->need bytes from start), but for no more of it than
- * PX_DECODER_AHEAD, or as much again as is held, beyond the bytes held. Moves
- * the buffer: only called from read and feed. Returns 0 or -ENOMEM. */
+/* Make room for at least `room` more bytes after end. The buffer grows only
+ * when that room is missing, geometrically (about doubling: few reallocs for a
+ * large frame), and never to more than as much again as is held, or
+ * PX_DECODER_AHEAD beyond it, whatever length the frame being assembled
+ * announces: memory follows the bytes that arrive, so a garbage length within
+ * the limit that no bytes follow allocates nothing. Moves the buffer: only
+ * called from read and feed. Returns 0 or -ENOMEM. */
 static int reserve(px_decoder *d, uint64_t room) {
     uint64_t held = d->end - d->start;
     /* Empty and oversized after a large frame: shrink back. */
@@ -104,18 +108,19 @@ static int reserve(px_decoder *d, uint64_t room) {
             }
         }
     }
-    uint64_t ahead = held > PX_DECODER_AHEAD ? held : PX_DECODER_AHEAD;
-    uint64_t frame = d->need;
-    if (frame > held && frame - held > ahead) frame = held + ahead;
-    uint64_t want = held + room;
-    if (want < frame) want = frame;
-    if (d->cap - d->end >= room && d->cap - d->start >= frame) return 0;
+    if (d->cap - d->end >= room) return 0;
     if (d->start > 0) {
         memmove(d->buf, d->buf + d->start, (size_t)held);
         d->start = 0;
         d->end = held;
+        if (d->cap - d->end >= room) return 0;
     }
-    if (d->cap >= want) return 0;
+    uint64_t want = held + room;
+    uint64_t grow = d->cap > UINT64_MAX / 2 ? UINT64_MAX : 2 * d->cap;
+    uint64_t bound = held + (held > PX_DECODER_AHEAD ? held : PX_DECODER_AHEAD);
+    if (grow > bound) grow = bound;
+    if (d->need > held && grow > d->need) grow = d->need; /* the frame's end */
+    if (want < grow) want = grow;
     if (want > (uint64_t)SIZE_MAX) return -ENOMEM;
     char *nb = realloc(d->buf, (size_t)want);
     if (nb == NULL) return -ENOMEM;

@@ -93,12 +93,11 @@
 #define PX_DECODER_INITIAL 65536
 #define PX_READ_CHUNK 65536
 
-/* How far beyond the bytes it holds a decoder reserves room for the frame
- * being assembled. A frame up to this size gets its whole buffer at once (one
- * read fills it); beyond, the buffer grows with the bytes that arrive (at
- * least doubling), so a length within the limit that no bytes follow cannot
- * make the decoder allocate it. */
-#define PX_DECODER_AHEAD 67108864
+/* How far beyond the bytes it holds a decoder's buffer may grow at most
+ * (or as much again as it holds, if more): the buffer grows with the bytes
+ * that arrive, about doubling, never with the length a header announces, so
+ * a length within the limit that no bytes follow allocates nothing. */
+#define PX_DECODER_AHEAD 65536
 
 /* Error codes the decoder uses (besides -ENOMEM), as -errno values. */
 #define PX_EBADMSG EBADMSG

@@ -476,28 +476,53 @@ static void test_decoder_huge_length_allocates_nothing(void) {
     }
 }
 
-/* A length within the limit that no bytes follow reserves no more than
- * PX_DECODER_AHEAD beyond what is held; as bytes come, the buffer grows with
- * them (at most twice what is held, plus the chunk just fed). */
-static void test_decoder_reserves_ahead_only(void) {
+/* A length within the limit (here the largest) that only a few bytes follow
+ * allocates nothing for it: the buffer stays as it was made. */
+static void test_decoder_garbage_length_allocates_nothing(void) {
+    px_decoder *d = t_decoder(PX_MAX_PAYLOAD_LIMIT);
+    char h[PX_HEADER_SIZE + 10] = {0};
+    px_header_encode(h, PX_KIND_RESULT, 0, 1, PX_MAX_PAYLOAD_LIMIT);
+    CHECK_EQ(px_decoder_feed(d, h, sizeof(h)), 0);
+    px_frame f;
+    CHECK_EQ(px_decoder_next(d, &f), 0);
+    CHECK_EQ(d->cap, PX_DECODER_INITIAL);
+    /* A read asks for PX_READ_CHUNK of room: no more than that beside what is held. */
+    int p[2];
+    CHECK_EQ(pipe(p), 0);
+    CHECK_EQ(write(p[1], h, 10), 10);
+    CHECK_EQ(px_decoder_read(d, p[0]), 10);
+    CHECK_EQ(px_decoder_next(d, &f), 0);
+    CHECK(d->cap <= sizeof(h) + 10 + PX_READ_CHUNK + PX_DECODER_AHEAD);
+    close(p[0]);
+    close(p[1]);
+    px_decoder_free(d);
+}
+
+/* As the bytes of a frame longer than any buffer come, the buffer grows with
+ * them: never beyond twice what is held plus PX_DECODER_AHEAD and the chunk
+ * just fed, and geometrically (a few reallocs per doubling, not one per feed). */
+static void test_decoder_grows_with_the_bytes(void) {
     px_decoder *d = t_decoder(PX_MAX_PAYLOAD_LIMIT);
     char h[PX_HEADER_SIZE];
     px_header_encode(h, PX_KIND_RESULT, 0, 1, PX_MAX_PAYLOAD_LIMIT);
     CHECK_EQ(px_decoder_feed(d, h, sizeof(h)), 0);
     px_frame f;
     CHECK_EQ(px_decoder_next(d, &f), 0);
-    enum { CHUNK = 1 << 20 };
+    enum { CHUNK = 1 << 16, FEEDS = 1280 }; /* 80 MiB in 64 KiB pieces */
     char *chunk = calloc(1, CHUNK);
     CHECK(chunk != NULL);
-    uint64_t held = PX_HEADER_SIZE;
-    for (int i = 0; i < 80; i++) {
+    uint64_t held = PX_HEADER_SIZE, cap = d->cap;
+    int grew = 0;
+    for (int i = 0; i < FEEDS; i++) {
         CHECK_EQ(px_decoder_feed(d, chunk, CHUNK), 0);
         held += CHUNK;
         CHECK_EQ(px_decoder_buffered(d), held);
-        uint64_t bound = held > PX_DECODER_AHEAD ? 2 * held : held + PX_DECODER_AHEAD;
-        CHECK(d->cap <= bound + CHUNK);
+        CHECK(d->cap <= 2 * held + PX_DECODER_AHEAD + CHUNK);
+        if (d->cap != cap) grew++;
+        cap = d->cap;
         CHECK_EQ(px_decoder_next(d, &f), 0);
     }
+    CHECK(grew <= 40); /* 80 MiB from 64 KiB: 11 doublings */
     free(chunk);
     px_decoder_free(d);
 }
@@ -1454,7 +1479,8 @@ static void test_waiter_many_fds(void) {
     X(decoder_max_length_payload)                       \
     X(decoder_one_over_max)                             \
     X(decoder_huge_length_allocates_nothing)            \
-    X(decoder_reserves_ahead_only)                      \
+    X(decoder_garbage_length_allocates_nothing)         \
+    X(decoder_grows_with_the_bytes)                     \
     X(decoder_garbage_headers)                          \
     X(decoder_frames_before_garbage)                    \
     X(decoder_error_sticky)                             \
