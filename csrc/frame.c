@@ -26,6 +26,7 @@ struct px_decoder {
     uint64_t end;
     uint64_t max_payload;
     uint64_t need;        /* bytes the frame being assembled needs in all */
+    uint64_t last;        /* start before the last take (see px_decoder_rewind) */
     int error;            /* sticky: 0 or a negative errno */
     char errmsg[160];
 };
@@ -136,6 +137,7 @@ int px_decoder_feed(px_decoder *d, const char *buf, size_t len) {
     if (rc < 0) return rc;
     memcpy(d->buf + d->end, buf, len);
     d->end += len;
+    d->last = d->start;
     return 0;
 }
 
@@ -143,6 +145,7 @@ int64_t px_decoder_read(px_decoder *d, int fd) {
     if (d->error) return d->error;
     int rc = reserve(d, PX_READ_CHUNK);
     if (rc < 0) return rc;
+    d->last = d->start; /* the buffer may have moved: nothing to give back */
     uint64_t room = d->cap - d->end;
     if (room > (uint64_t)SSIZE_MAX) room = (uint64_t)SSIZE_MAX;
     ssize_t n = read(fd, d->buf + d->end, (size_t)room);
@@ -205,6 +208,7 @@ int px_decoder_next_many(px_decoder *d, uint64_t *out, int max, const char **bas
     int n = 0;
     px_frame f;
     *base = d->buf;
+    d->last = d->start;
     while (n < max) {
         int rc = px_decoder_next(d, &f);
         if (rc < 0) return n > 0 ? n : rc;
@@ -236,6 +240,14 @@ int px_decoder_read_many(px_decoder *d, int fd, uint64_t *out, int max,
     status->buf = (int64_t)(intptr_t)d->buf;
     status->cap = (int64_t)d->cap;
     return n;
+}
+
+int px_decoder_rewind(px_decoder *d, uint64_t offset) {
+    if (offset == UINT64_MAX) offset = d->last;
+    if (offset < d->last || offset > d->start) return -EINVAL;
+    d->start = offset;
+    d->need = PX_HEADER_SIZE;
+    return 0;
 }
 
 uint64_t px_decoder_buffered(const px_decoder *d) {

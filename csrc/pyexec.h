@@ -177,6 +177,14 @@ typedef struct {
 int px_decoder_read_many(px_decoder *d, int fd, uint64_t *out, int max,
                          const char **base, px_read_status *status, int64_t spin_ns);
 
+/* Give back frames the last px_decoder_next_many (or read_many) handed out,
+ * from the one whose header starts at offset (from *base) on; offset
+ * UINT64_MAX: all of them. The next take hands them out again. For a reader
+ * interrupted (an exception from a signal handler) before it used them all.
+ * Valid until the next read or feed. Returns 0, or -EINVAL for an offset
+ * outside what the last take handed out. */
+int px_decoder_rewind(px_decoder *d, uint64_t offset);
+
 /* Bytes held that do not yet make a whole frame (non-zero at end of file
  * means the peer stopped mid-frame). */
 uint64_t px_decoder_buffered(const px_decoder *d);

@@ -250,11 +250,6 @@ def test_sigterm_handler_shutdown_during_result(method):
 # ---- 6b. an exception from a signal handler inside result() loses calls ---------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 14.6b: a KeyboardInterrupt inside result()'s help loses the results "
-    "it read (decoded into a local list, or read and not decoded) or fails them",
-)
 @pytest.mark.timeout(120)
 def test_interrupted_result_loses_no_call(method):
     """result() interrupted at random moments by a KeyboardInterrupt from a signal

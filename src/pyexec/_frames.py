@@ -125,6 +125,8 @@ def encode(kind: int, tid: int, payload: bytes = b"", flags: int = 0) -> bytes:
     return HEADER.pack(MAGIC, kind, flags, 0, tid, len(payload)) + payload
 
 
+# px_decoder_rewind's offset for "every frame of the last take".
+_ALL = (1 << 64) - 1
 # Frames taken per px_decoder_next_many call.
 TAKE_MAX = 256
 
@@ -153,6 +155,7 @@ class Decoder:
         "_status_buf",
         "_view",
         "failed",
+        "taken",
     )
 
     def __init__(self, max_payload: int = MAX_PAYLOAD) -> None:
@@ -171,6 +174,8 @@ class Decoder:
         # True when the frames just taken were followed by a malformed one:
         # the next take raises.
         self.failed = False
+        # The meta of the frames the last take handed out (see rewind).
+        self.taken: tuple[int, ...] = ()
 
     def feed(self, data: bytes) -> None:
         """Append bytes."""
@@ -202,12 +207,19 @@ class Decoder:
         reading again. With spin_ns, an empty non-blocking fd is read again
         for up to that many nanoseconds, in the core (see Spin)."""
         while True:
-            n = lib.px_decoder_read_many(
-                self._d, fd, self._meta, TAKE_MAX, self._base, self._status, spin_ns
-            )
-            rc, error, buf, cap = _STATUS(self._status_buf)
-            if rc != -errno.EINTR or n:  # else: signal handlers have run, read again
-                return (self._read_result(rc), *self._frames(n, error, buf, cap))
+            try:
+                n = lib.px_decoder_read_many(
+                    self._d, fd, self._meta, TAKE_MAX, self._base, self._status, spin_ns
+                )
+                rc, error, buf, cap = _STATUS(self._status_buf)
+                if rc != -errno.EINTR or n:  # else: signal handlers have run, read again
+                    got = self._read_result(rc)
+                    meta, view = self._frames(n, error, buf, cap)
+                    self.taken = meta
+                    return got, meta, view
+            except BaseException:
+                self._give_back_all()
+                raise
 
     @staticmethod
     def each(meta: tuple[int, ...]) -> Iterable[tuple[int, ...]]:
@@ -230,9 +242,31 @@ class Decoder:
         into. The view is valid until the next read or feed: slice it, use the
         slices, drop them. ((), None) when no frame is complete.
         """
-        n = lib.px_decoder_read_many(self._d, -1, self._meta, TAKE_MAX, self._base, self._status, 0)
-        _rc, error, buf, cap = _STATUS(self._status_buf)
-        return self._frames(n, error, buf, cap)
+        try:
+            n = lib.px_decoder_read_many(
+                self._d, -1, self._meta, TAKE_MAX, self._base, self._status, 0
+            )
+            _rc, error, buf, cap = _STATUS(self._status_buf)
+            meta, view = self._frames(n, error, buf, cap)
+            self.taken = meta
+            return meta, view
+        except BaseException:
+            self._give_back_all()
+            raise
+
+    def _give_back_all(self) -> None:
+        """An exception (a signal handler's, the only kind a KeyboardInterrupt
+        can come from here) after the core took frames and before they were
+        returned: give them all back, to come out of the next take."""
+        self.taken = ()
+        lib.px_decoder_rewind(self._d, _ALL)
+
+    def rewind(self, offset: int) -> bool:
+        """Give back frames the last take handed out, from the one whose
+        payload starts at offset (its meta's offset) on: the next take hands
+        them out again. For a reader interrupted before it used them all."""
+        self.taken = ()
+        return lib.px_decoder_rewind(self._d, offset - HEADER_SIZE) == 0
 
     def _frames(
         self, n: int, error: int, buf: int, cap: int

@@ -32,6 +32,22 @@ _FINISHED = _base.FINISHED
 _lock = threading.Lock()
 
 
+class _Condition(threading.Condition):
+    """A Condition whose ``with`` takes and lets go of its lock by the lock's
+    own (C) methods. threading.Condition's __enter__ is a Python function:
+    an exception from a signal handler could come after its lock was taken
+    and before the with-block began, leaving the lock held for good (and the
+    pool's thread, settling that future, blocked on it)."""
+
+    @property
+    def __enter__(self):  # type: ignore[override]
+        return self._lock.__enter__
+
+    @property
+    def __exit__(self):  # type: ignore[override]
+        return self._lock.__exit__
+
+
 class Future(_base.Future):
     """A ``concurrent.futures.Future`` (isinstance holds) that is cheaper to make and settle."""
 
@@ -57,7 +73,7 @@ class Future(_base.Future):
                 if cond is None:
                     self._list = []
                     self._callbacks = []
-                    cond = self._cond = threading.Condition()
+                    cond = self._cond = _Condition()
             task = self._pyexec_task
             if task is not None:
                 task.watch()  # a wait the pool's help does not see

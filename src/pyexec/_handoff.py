@@ -27,6 +27,15 @@ callbacks, wait(), as_completed; or done(), see _future) calls
 every masked fd before it sleeps (``rearm_masked``) and forgets a dead
 lane's (``drop``). Nothing else masks or unmasks a result fd.
 
+The give-back rule: an exception from a signal handler (in the main thread)
+may interrupt help anywhere. Nothing is lost: the frames read and not yet
+decoded go back to the lane's decoder (``Decoder.rewind``; a take cut short
+gives back all it took), a call whose outcome was decoded leaves inflight,
+and the manager, woken, reads the given-back frames and settles any outcome
+help could not (``reread``, ``orphans``: _outcomes._take_back). An
+unpickling that raises such an exception is the handler's, not the call's
+(``_outcomes.from_signal_handler``): it is re-raised, not the call failed.
+
 The no-wait rule: a hand-off records its thread (``helper``) while it holds
 dispatch_lock. Code that runs in that thread meanwhile -- a signal handler
 (run by the main thread inside help's poll or read), a ``__del__`` -- must
@@ -43,11 +52,12 @@ import math
 import os
 import select
 import time
+from collections import deque
 from threading import get_ident
 from typing import Any
 
 from . import _fds
-from ._frames import KIND_CALL, SPIN_NS, ChannelError, Spin
+from ._frames import KIND_CALL, KIND_ERROR, KIND_MASK, KIND_RESULT, SPIN_NS, ChannelError, Spin
 from ._lanes import Lane, State
 from ._tasks import Task, settle_all
 from ._waiter import READABLE
@@ -64,6 +74,9 @@ class HandOff:
     help_poll: Any
     spin: Spin
     helper: int
+    reread: set[Lane]
+    orphans: deque
+    handed_back: bool
 
     def init_handoff(self) -> None:
         """The hand-offs' own state (called by the manager's __init__)."""
@@ -73,6 +86,12 @@ class HandOff:
         self.help_poll = None  # help()'s poll object, made on first use
         self.spin = Spin()  # whether help() polls before it sleeps
         self.helper = 0  # the ident of the thread in a hand-off, 0: none (the no-wait rule)
+        # What an interrupted help gave back (the give-back rule): lanes whose
+        # decoder holds frames again, outcomes left to settle. The manager
+        # takes them (_outcomes._take_back) when handed_back says so.
+        self.reread: set[Lane] = set()
+        self.orphans: deque = deque()
+        self.handed_back = False
 
     def direct(self, task: Task) -> bool:
         """Write a call straight to an idle worker (submit's thread, dispatch_lock held).
@@ -137,21 +156,68 @@ class HandOff:
             or self.waiter_fd < 0
             or w.state is not UP
             or self.generation != _fds.fork_generation
-            or not self.dispatch_lock.acquire(False)
+            or self.helper == get_ident()  # a signal handler inside this thread's help
         ):
             return
         settled: list = []
-        self.helper = get_ident()
         try:
-            if self.sleeping and not self.closed and task in w.inflight:
-                until = self.sleep_until
-                if until is not None and (end is None or until < end):
-                    end = until
-                self._read_for(task, w, end, settled)
+            # `with`, not acquire(False): an exception from a signal handler
+            # cannot come between taking the lock and the block that lets it
+            # go. The manager may have woken meanwhile: then this waits until
+            # it sleeps again (or ends), and the checks below see it.
+            with self.dispatch_lock:
+                self.helper = get_ident()
+                before = w.reader.taken  # a take since then is help's own
+                try:
+                    if self.sleeping and not self.closed and task in w.inflight:
+                        until = self.sleep_until
+                        if until is not None and (end is None or until < end):
+                            end = until
+                        self._read_for(task, w, end, settled)
+                except BaseException:
+                    self._give_back(w, settled, before)
+                    raise
+                finally:
+                    self.helper = 0
         finally:
-            self.helper = 0
-            self.dispatch_lock.release()
-            settle_all(settled)
+            if settled:
+                try:
+                    settle_all(settled)
+                except BaseException:
+                    self._hand_over(settled)
+                    raise
+
+    def _give_back(self, w: Lane, out: list, before: tuple) -> None:
+        """help was interrupted (an exception from a signal handler, in the
+        main thread; dispatch_lock held): leave w as if the manager had read
+        only what was decoded into out. A call whose outcome is in out leaves
+        inflight; the frames the last take handed out from the first one not
+        decoded on go back to the decoder, and the manager reads them."""
+        done = {item[0].tid for item in out}
+        inflight = w.inflight
+        while inflight and inflight[0].tid in done:
+            inflight.popleft()  # appended, then interrupted before it left
+        reader = w.reader
+        meta = reader.taken
+        if meta is before:
+            meta = ()  # no take of help's own: the last one's frames are used
+        first = 0
+        for i in range(0, len(meta), 4):
+            kind = meta[i] & KIND_MASK
+            if (kind == KIND_RESULT or kind == KIND_ERROR) and meta[i + 1] in done:
+                first = i + 4
+        if first < len(meta):
+            reader.rewind(meta[first + 2])
+        self.reread.add(w)
+        self.handed_back = True
+        self.wake()
+
+    def _hand_over(self, outcomes: list) -> None:
+        """Settling was interrupted: the manager settles them (again, for those
+        already settled: a no-op)."""
+        self.orphans.extend(outcomes)
+        self.handed_back = True
+        self.wake()
 
     def _read_for(self, task: Task, w: Lane, end: float | None, settled: list) -> None:
         """help's wait: read w's results until task's is among them (dispatch_lock held)."""
@@ -161,8 +227,8 @@ class HandOff:
             poll.register(self.waiter_fd, select.POLLIN)
         fd, inflight = w.result_fd, w.inflight
         if w not in self.masked:
+            self.masked.add(w)  # first: an interrupt between leaves it rearmed, not lost
             self.waiter.modify(fd, 0)
-            self.masked.add(w)
         read_frames = w.reader.read_frames
         spin = self.spin
         spin_ns = SPIN_NS if spin.first() else 0  # see Spin

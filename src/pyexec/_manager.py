@@ -325,6 +325,8 @@ class Manager(Dispatch, Outcomes, HandOff):
                 self._break(
                     f"{BROKEN_PREFIX}: a new worker could not be started: {failure}", cause=failure
                 )
+            if self.handed_back:
+                self._take_back()  # from an interrupted help (see _handoff)
             self._control()
             if self.broken is None:
                 self._adjust_workers()

@@ -19,6 +19,7 @@ import marshal
 import pickle
 import select
 import signal
+import threading
 import time
 from collections import deque
 from concurrent.futures.process import _RemoteTraceback
@@ -50,6 +51,44 @@ EARLY_DEATH_PAUSE = 0.05
 # How long a worker asked to exit may take before it is killed (seconds),
 # counted from the moment its last call is done.
 EXIT_GRACE = 5.0
+
+
+def _unpickling_error(kind: int, tid: int, err: BaseException) -> CallUnpicklingError:
+    what = "result" if kind == frames.KIND_RESULT else "exception"
+    exc = CallUnpicklingError(f"the {what} of call {tid} could not be unpickled: {err!r}")
+    exc.__cause__ = err
+    return exc
+
+
+def from_signal_handler(exc: BaseException) -> bool:
+    """True when exc (not an Exception) was raised by this process's own signal
+    handler, which ran in the main thread while it unpickled, rather than by
+    the pickle (a hostile __reduce__ raising SystemExit fails only its call).
+
+    Handlers run in the main thread alone; there, exc comes from one if its
+    traceback passes through a handler installed now, or if it is the
+    KeyboardInterrupt of the default SIGINT handler (a C function, no frame).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    codes = set()
+    for sig in signal.valid_signals():
+        try:
+            handler = signal.getsignal(sig)
+        except (OSError, ValueError):
+            continue
+        code = getattr(getattr(handler, "__func__", handler), "__code__", None)
+        if code is not None:
+            codes.add(code)
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code in codes:
+            return True
+        tb = tb.tb_next
+    return (
+        isinstance(exc, KeyboardInterrupt)
+        and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    )
 
 
 class Outcomes:
@@ -113,29 +152,35 @@ class Outcomes:
                     if kind == KIND_RESULT or kind == KIND_ERROR:
                         if not inflight or inflight[0].tid != tid:
                             raise ChannelError(0, f"result for call {tid}, which it does not hold")
-                        task = inflight.popleft()
-                        k += 1
+                        task = inflight[0]
+                        # The outcome is appended before the call leaves
+                        # inflight, and nothing between can be interrupted
+                        # but after each: see _handoff's give_back.
                         try:
                             if word & OOB:  # big buffers in shared memory (_payloads)
                                 obj = w.chan.loads(buf, bool(word & MARSHAL))
                             else:
                                 obj = marshal_loads(buf) if word & MARSHAL else loads(buf)
-                        except BaseException as err:
-                            what = "result" if kind == KIND_RESULT else "exception"
-                            exc = CallUnpicklingError(
-                                f"the {what} of call {tid} could not be unpickled: {err!r}"
-                            )
-                            exc.__cause__ = err
-                            out.append((task, None, exc))
+                        except Exception as err:
+                            k += 1
                             failed += 1
+                            out.append((task, None, _unpickling_error(kind, tid, err)))
+                        except BaseException as err:
+                            if from_signal_handler(err):
+                                raise  # the frame is given back (see help)
+                            k += 1
+                            failed += 1
+                            out.append((task, None, _unpickling_error(kind, tid, err)))
                         else:
+                            k += 1
                             if kind == KIND_RESULT:
                                 out.append((task, obj, None))
                             else:
                                 exc, tb = obj
                                 exc.__cause__ = _RemoteTraceback(f'\n"""\n{tb}"""')
-                                out.append((task, None, exc))
                                 failed += 1
+                                out.append((task, None, exc))
+                        inflight.popleft()
                         task.payload = task.oob = None
                         if word >> SHIFT & FLAG_RECYCLE:
                             w.recycle = True
@@ -164,6 +209,25 @@ class Outcomes:
                 w.exit_at = now
             self.window.observe((now - w.mark) / k, bool(inflight))
             w.mark = now
+
+    def _take_back(self) -> None:
+        """What an interrupted hand-off gave back (see _handoff's give_back):
+        read the lanes whose frames it gave back, settle what it had decoded."""
+        self.handed_back = False
+        reread, self.reread = self.reread, set()
+        for w in reread:
+            if w.state is not DEAD:
+                self._read_results(w)
+        orphans = self.orphans
+        if orphans:
+            batch = []
+            while orphans:
+                batch.append(orphans.popleft())
+            self.dispatch_lock.release()
+            try:
+                settle_all(batch)
+            finally:
+                self.dispatch_lock.acquire()
 
     def _protocol_error(self, w: Lane, why: str) -> None:
         """A malformed stream: the worker counts as dead."""

@@ -527,6 +527,38 @@ static void test_decoder_grows_with_the_bytes(void) {
     px_decoder_free(d);
 }
 
+/* Frames a take handed out can be given back, all or from one on, and come
+ * out again, the same; nothing outside the last take can be. */
+static void test_decoder_rewind(void) {
+    px_decoder *d = t_decoder(1000);
+    t_stream st = {0};
+    for (int i = 0; i < 3; i++) t_frame(&st, PX_KIND_RESULT, 0, (uint64_t)(i + 1), (uint64_t)(10 + i));
+    CHECK_EQ(px_decoder_feed(d, st.s.p, st.s.n), 0);
+    uint64_t meta[4 * 4];
+    const char *base;
+    CHECK_EQ(px_decoder_next_many(d, meta, 4, &base), 3);
+    CHECK_EQ(px_decoder_buffered(d), 0);
+    CHECK_EQ(px_decoder_rewind(d, meta[4 * 1 + 2] - PX_HEADER_SIZE), 0); /* frames 2, 3 */
+    uint64_t again[4 * 4];
+    CHECK_EQ(px_decoder_next_many(d, again, 4, &base), 2);
+    CHECK_EQ(again[1], 2);
+    CHECK_EQ(again[5], 3);
+    CHECK_EQ(again[2], meta[6]);
+    CHECK_EQ(px_decoder_rewind(d, UINT64_MAX), 0); /* the last take: 2 and 3 */
+    CHECK_EQ(px_decoder_next_many(d, again, 4, &base), 2);
+    CHECK_EQ(again[1], 2);
+    /* Frame 1 was taken before the last take: not given back. */
+    CHECK_EQ(px_decoder_rewind(d, meta[2] - PX_HEADER_SIZE), -EINVAL);
+    CHECK_EQ(px_decoder_rewind(d, st.s.n + 1), -EINVAL);
+    /* After a feed nothing can be given back. */
+    CHECK_EQ(px_decoder_feed(d, st.s.p, PX_HEADER_SIZE), 0);
+    CHECK_EQ(px_decoder_rewind(d, meta[6] - PX_HEADER_SIZE), -EINVAL);
+    CHECK_EQ(px_decoder_rewind(d, UINT64_MAX), 0); /* a no-op */
+    CHECK_EQ(px_decoder_buffered(d), PX_HEADER_SIZE);
+    px_decoder_free(d);
+    t_stream_free(&st);
+}
+
 /* Each kind of garbage header: a sticky -EBADMSG naming what is wrong. */
 static void test_decoder_garbage_headers(void) {
     struct {
@@ -1481,6 +1513,7 @@ static void test_waiter_many_fds(void) {
     X(decoder_huge_length_allocates_nothing)            \
     X(decoder_garbage_length_allocates_nothing)         \
     X(decoder_grows_with_the_bytes)                     \
+    X(decoder_rewind)                                   \
     X(decoder_garbage_headers)                          \
     X(decoder_frames_before_garbage)                    \
     X(decoder_error_sticky)                             \
