@@ -17,6 +17,8 @@ import pickle
 import select
 import signal
 import sys
+import threading
+import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import _base
@@ -35,6 +37,9 @@ from ._payloads import DEFAULT_ARENA_SIZE, THRESHOLD, Channel, has_big_bytes, pi
 # for the call queued right behind it in the same window.
 TINY_CALL = 0.00002
 FLUSH_DELAY = 0.0005
+# How often the worker's flusher thread looks for held results behind a long
+# call (see _Flusher): they leave at most two ticks after the call began.
+FLUSH_TICK = 0.02
 # Results of exactly these types travel as marshal data (FLAG_MARSHAL): the
 # same value back, dumped and loaded in about half a pickle's instructions.
 # Any other value, a subclass or a container, is pickled. (Calls stay
@@ -368,6 +373,7 @@ def _run_batch(call, flags, push, flush, dumps, proto, rss, max_memory) -> None:
     except BaseException as exc:
         fn, fn_error = None, exc
     held_since = 0.0
+    flusher = _flusher
     last = len(tids) - 1
     kwargs = _NO_KWARGS if star else None
     for j, tid in enumerate(tids):
@@ -375,6 +381,8 @@ def _run_batch(call, flags, push, flush, dumps, proto, rss, max_memory) -> None:
             push(frames.KIND_STARTED, tid)
             flush()
         start = monotonic()
+        if held_since:
+            flusher.state = IN_CALL  # the flusher may write what is held meanwhile
         if fn_error is not None:
             f, args, kw = _reraise, fn_error, None
         else:
@@ -386,6 +394,12 @@ def _run_batch(call, flags, push, flush, dumps, proto, rss, max_memory) -> None:
         payload, rkind, rflags = _run(f, args, kw, dumps, proto, rss, max_memory)
         del f, args
         arg_pickles[j] = None
+        if held_since:
+            if flusher.state != IN_CALL:  # it took the writer: wait until it is done
+                flusher.busy.acquire()
+                flusher.busy.release()
+                held_since = 0.0
+            flusher.state = IDLE
         push(rkind, tid, payload, rflags)
         del payload
         if hold and j < last:
@@ -393,10 +407,89 @@ def _run_batch(call, flags, push, flush, dumps, proto, rss, max_memory) -> None:
             if now - start < TINY_CALL:
                 if not held_since:
                     held_since = now
+                    if flusher is None:
+                        flusher = _start_flusher(flush)
+                    flusher.hold()
                 if now - held_since < FLUSH_DELAY:
                     continue
         flush()
-        held_since = 0.0
+        if held_since:
+            flusher.period += 1  # the hold is over: even
+            held_since = 0.0
+
+
+IDLE, IN_CALL, TAKEN = 0, 1, 2
+
+
+class _Flusher:
+    """A thread of the worker that writes held results (see _run_batch) when
+    the call after them runs long (a hold outlasting FLUSH_TICK): a result
+    must not wait behind a call of unknown length (map(sleep, [0, 0, 6],
+    timeout=5) gets its first two results within two ticks).
+
+    The worker's main thread alone uses the writer, but for this: while a
+    call runs with results held, ``state`` is IN_CALL, and the flusher may
+    switch it to TAKEN and write them. Both test and set
+    ``state`` with no call in between, which no other Python thread can
+    interleave with (the interpreter switches threads only at calls and
+    loops). A main thread that finds TAKEN after its call waits on ``busy``
+    until the write is done. ``period`` is odd while results are held (set by
+    hold, ended by whoever writes them); ``arm``, held while the flusher has
+    nothing to watch, is released by hold. Started at the first hold: a
+    worker that runs no map of tiny items has no such thread.
+    """
+
+    __slots__ = ("arm", "busy", "flush", "period", "state")
+
+    def __init__(self, flush) -> None:
+        self.flush = flush
+        self.arm = threading.Lock()
+        self.arm.acquire()
+        self.busy = threading.Lock()
+        self.period = 0
+        self.state = IDLE
+        threading.Thread(target=self._run, name="pyexec-flusher", daemon=True).start()
+
+    def hold(self) -> None:
+        """Results are held from now on (main thread)."""
+        self.period += 1  # odd
+        if self.arm.locked():
+            self.arm.release()
+
+    def _run(self) -> None:
+        # It looks every FLUSH_TICK while holds happen (each look takes the GIL
+        # from the main thread: not once per hold), and goes back to waiting
+        # on arm after a tick with no hold. One hold seen at two looks in a
+        # row has lasted a tick: a call behind it runs long.
+        while True:
+            self.arm.acquire()
+            seen = -1
+            while True:
+                time.sleep(FLUSH_TICK)
+                period = self.period
+                if period != seen:
+                    seen = period
+                    continue
+                if not period & 1:
+                    break  # nothing held for a whole tick
+                with self.busy:
+                    if self.state == IN_CALL and self.period == period:
+                        self.state = TAKEN
+                        self.period += 1
+                        try:
+                            self.flush()
+                        except OSError:
+                            pass  # the parent is gone: the main thread sees it
+
+
+_flusher: _Flusher | None = None
+
+
+def _start_flusher(flush) -> _Flusher:
+    global _flusher
+    if _flusher is None:
+        _flusher = _Flusher(flush)
+    return _flusher
 
 
 def _run_chunk(call, tid, dumps, proto, rss, max_memory) -> tuple[bytes, int]:
