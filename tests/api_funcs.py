@@ -212,8 +212,12 @@ def wait_gone(pids: Any, timeout: float) -> list[int]:
 
 
 def touch_then_sleep(directory: str, name: Any, seconds: float) -> None:
-    """Create directory/name (the call has started), then sleep: a busy worker."""
-    (Path(directory) / str(name)).write_text(str(os.getpid()))
+    """Create directory/name holding this pid (the call has started), then sleep:
+    a busy worker. Written aside and renamed: a reader never sees it empty."""
+    path = Path(directory) / str(name)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(str(os.getpid()))
+    os.replace(tmp, path)
     time.sleep(seconds)
 
 

@@ -27,9 +27,13 @@ if __name__ == "__main__":
     if mode == "busy":
         for i in range(2):
             ex.submit(touch_then_sleep, scratch, i, 30)
-        while len(os.listdir(scratch)) < 2 and time.monotonic() < deadline:
+
+        def started() -> list[str]:
+            return [n for n in os.listdir(scratch) if not n.startswith(".")]  # not a .tmp
+
+        while len(started()) < 2 and time.monotonic() < deadline:
             time.sleep(0.02)
-        busy = {int(Path(scratch, n).read_text()) for n in os.listdir(scratch)}
+        busy = {int(Path(scratch, n).read_text()) for n in started()}
         assert busy == workers, (busy, workers)
     me = psutil.Process()
     descendants = [p.pid for p in me.children(recursive=True)]
