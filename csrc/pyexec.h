@@ -32,7 +32,7 @@
 /* CDEF BEGIN */
 
 /* Bumped whenever a declaration below changes meaning. Checked at import. */
-#define PX_CORE_ABI 7
+#define PX_CORE_ABI 8
 
 /* ---- frames ---------------------------------------------------------- */
 
