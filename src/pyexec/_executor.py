@@ -532,7 +532,7 @@ class ProcessPoolExecutor(Executor):
             task = Task(next(self._ids), future, payload, timeout, owner=mgr)
             if oob is not None:
                 task.oob = oob
-                task.args = (fn, args, kwargs)
+                task.args = (None, fn, args, kwargs)  # by value, tagged: see dump_call
             future._pyexec_task = task  # for terminate_task
             mgr.submitted += 1
             if (

@@ -79,7 +79,7 @@ class Task:
         self.where: Lane | None = None  # the worker submit wrote it to itself (direct)
         # A call with big buffers: its pickle without them (payload holds its
         # bytes) and views of them, placed in its worker's arena at dispatch;
-        # args then holds (fn, args, kwargs), for an in-band pickle if need be.
+        # args then holds (None, fn, args, kwargs), for an in-band pickle if need be.
         self.oob: Pickled | None = None
 
     @property
