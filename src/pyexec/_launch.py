@@ -160,6 +160,7 @@ def pidfd(pid: int) -> int:
 
 
 def _have_pidfd() -> bool:
+    """Whether this kernel and Python give pidfds (Linux 5.3+)."""
     if not hasattr(os, "pidfd_open"):
         return False
     try:

@@ -40,7 +40,7 @@ from typing import Any
 
 from . import _fds
 from ._lanes import Lane
-from ._launch import LauncherGone, ProcessLauncher, pidfd, start_process
+from ._launch import HAVE_PIDFD, LauncherGone, ProcessLauncher, pidfd, start_process
 from ._worker import WorkerConfig
 
 # zygote <-> parent records: a command byte and two int32s.
@@ -69,19 +69,9 @@ def _read_rest(sock: socket.socket, data: bytes) -> bytes:
     return data
 
 
-def _have_pidfd() -> bool:
-    """Whether this kernel and Python can hand a pidfd to the zygote (Linux 5.3+)."""
-    if not hasattr(os, "pidfd_open") or not hasattr(signal, "pidfd_send_signal"):
-        return False
-    try:
-        os.close(os.pidfd_open(os.getpid()))
-    except OSError:
-        return False
-    return True
-
-
-# The parent forks the first worker itself (see the module's docstring).
-PARENT_FORKS_FIRST = _have_pidfd()
+# The parent forks the first worker itself (see the module's docstring): it hands
+# the zygote a pidfd of it, which the zygote signals (Linux 5.3+).
+PARENT_FORKS_FIRST = HAVE_PIDFD and hasattr(signal, "pidfd_send_signal")
 
 
 class ZygoteLauncher:
