@@ -29,45 +29,14 @@
 #include <sys/wait.h>
 #include <time.h>
 
-/* ---- a very small test harness ---------------------------------------- */
+/* ---- the shared harness: CHECK, CHECK_EQ, t_count_fds, HARNESS_MAIN --- */
 
-static int failed;
-
-#define CHECK(cond)                                                        \
-    do {                                                                   \
-        if (!(cond)) {                                                     \
-            fprintf(stderr, "%s:%d: %s: CHECK(%s) failed\n", __FILE__,     \
-                    __LINE__, __func__, #cond);                            \
-            failed = 1;                                                    \
-            return;                                                        \
-        }                                                                  \
-    } while (0)
-
-#define CHECK_EQ(a, b)                                                     \
-    do {                                                                   \
-        long long a_ = (long long)(a), b_ = (long long)(b);                \
-        if (a_ != b_) {                                                    \
-            fprintf(stderr, "%s:%d: %s: %s == %s failed: %lld != %lld\n",  \
-                    __FILE__, __LINE__, __func__, #a, #b, a_, b_);         \
-            failed = 1;                                                    \
-            return;                                                        \
-        }                                                                  \
-    } while (0)
+#include "harness.h"
 
 static int64_t t_now_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
-
-static int t_count_fds(void) {
-    DIR *dir = opendir("/proc/self/fd");
-    if (dir == NULL) dir = opendir("/dev/fd");
-    if (dir == NULL) return -1;
-    int n = 0;
-    while (readdir(dir) != NULL) n++;
-    closedir(dir);
-    return n;
 }
 
 static void *t_xmalloc(size_t n) {
@@ -1548,50 +1517,4 @@ static void test_waiter_many_fds(void) {
     X(waiter_fd_reuse_after_del)                        \
     X(waiter_many_fds)
 
-#define ENTRY(name) {#name, test_##name},
-static const struct {
-    const char *name;
-    void (*fn)(void);
-} tests[] = {TESTS(ENTRY)};
-#define NTESTS ((int)(sizeof(tests) / sizeof(tests[0])))
-
-static int run(int i) {
-    int fds = t_count_fds();
-    failed = 0;
-    tests[i].fn();
-    int left = t_count_fds();
-    if (!failed && left != fds) {
-        fprintf(stderr, "%s: left %d fd(s) open\n", tests[i].name, left - fds);
-        failed = 1;
-    }
-    printf("%s %s\n", failed ? "FAIL" : "ok  ", tests[i].name);
-    fflush(stdout);
-    return failed;
-}
-
-int main(int argc, char **argv) {
-    int bad = 0, ran = 0;
-    if (argc == 2 && strcmp(argv[1], "--list") == 0) {
-        for (int i = 0; i < NTESTS; i++) printf("%s\n", tests[i].name);
-        return 0;
-    }
-    if (argc == 1) {
-        for (int i = 0; i < NTESTS; i++, ran++) bad += run(i);
-    }
-    for (int a = 1; a < argc; a++) {
-        int found = 0;
-        for (int i = 0; i < NTESTS; i++) {
-            if (strcmp(argv[a], tests[i].name) == 0) {
-                bad += run(i);
-                ran++;
-                found = 1;
-            }
-        }
-        if (!found) {
-            fprintf(stderr, "no test named %s\n", argv[a]);
-            bad++;
-        }
-    }
-    printf("%d of %d test(s) passed\n", ran - bad, ran);
-    return bad ? 1 : 0;
-}
+HARNESS_MAIN(TESTS)
