@@ -334,6 +334,8 @@ def test_out_of_fds_while_replacing_a_worker_says_emfile():
     assert rc == 0, (rc, out[-2000:], err[-2000:])
     nxt = next(line for line in out.splitlines() if line.startswith("next call:"))
     assert "unpack" not in nxt and "Too many open files" in nxt, nxt
+    # The worker whose fds were lost exits quietly (no "Process ForkProcess-2:" traceback).
+    assert "Traceback" not in err and "Process " not in err, err[-2000:]
 
 
 # ---- 6j. stats() ------------------------------------------------------------------------

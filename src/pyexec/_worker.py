@@ -142,23 +142,28 @@ def main(
         chan = Channel(side.fd, config.arena_size, mapped=True)
     _die_with_parent(deathsig)
     out = frames.Writer(result_fd)
-    if config.initializer is not None:
-        try:
-            config.initializer(*config.initargs)
-        except BaseException as exc:
-            _base.LOGGER.critical("Exception in initializer:", exc_info=True)
-            text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-            out.push(frames.KIND_FATAL, 0, pickle.dumps(f"its initializer raised {text}"))
-            out.flush()
-            sys.exit(1)
-    out.push(frames.KIND_READY, 0)
-    out.flush()
-    dumps = pickle.dumps
-    if config.serializer == "cloudpickle":
-        import cloudpickle
+    try:
+        if config.initializer is not None:
+            try:
+                config.initializer(*config.initargs)
+            except BaseException as exc:
+                _base.LOGGER.critical("Exception in initializer:", exc_info=True)
+                text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+                out.push(frames.KIND_FATAL, 0, pickle.dumps(f"its initializer raised {text}"))
+                out.flush()
+                sys.exit(1)
+        out.push(frames.KIND_READY, 0)
+        out.flush()
+        dumps = pickle.dumps
+        if config.serializer == "cloudpickle":
+            import cloudpickle
 
-        dumps = cloudpickle.dumps
-    _loop(call_fd, out, config.max_memory, chan, dumps)
+            dumps = cloudpickle.dumps
+        _loop(call_fd, out, config.max_memory, chan, dumps)
+    except BrokenPipeError:
+        # Our result pipe has no reader: the parent is gone, or never took our
+        # fds (it had none free). Nothing is listening; exit without a traceback.
+        os._exit(0)
 
 
 def _loop(
