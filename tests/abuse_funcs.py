@@ -28,6 +28,23 @@ def tiny(x: int) -> int:
     return x
 
 
+def pid_after(seconds: float) -> int:
+    """This worker's pid, after a sleep (long enough that each worker takes one)."""
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def wait_for_path(path: str, limit: float) -> str:
+    """A call that runs until path exists (or limit seconds pass): 'released' or
+    'gave up'. It stands for a call that hangs, which the test can still end."""
+    end = time.monotonic() + limit
+    while time.monotonic() < end:
+        if os.path.exists(path):
+            return "released"
+        time.sleep(0.01)
+    return "gave up"
+
+
 def log_start_then_exit(path: str) -> None:
     """Initializer: log this worker's start, then die at once."""
     append_id(path, os.getpid())

@@ -30,8 +30,10 @@ from abuse_funcs import (
     break_marshal,
     give,
     leave_grandchild,
+    pid_after,
     sleep_for,
     tiny,
+    wait_for_path,
 )
 
 import pyexec
@@ -186,25 +188,49 @@ def test_deadline_fires_when_result_reads_its_start(ctx):
 # ---- 6f. a hung worker strands the calls queued behind its call --------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 14.6f: calls queued in a hung worker's window stay there while "
-    "another worker idles",
-)
 @pytest.mark.timeout(120)
-def test_calls_queued_behind_a_hung_call_run_elsewhere(ctx):
-    """One call never returns; the 40 tiny calls submitted with it must all run
-    (the other worker is idle), as the standard library runs them."""
+def test_calls_queued_behind_a_hung_call_run_elsewhere(ctx, tmp_path):
+    """One call does not return; the 40 tiny calls submitted with it must all run
+    (the other worker is idle), each once, as the standard library runs them. The
+    hung call is not killed: released, it returns its own result."""
+    log, release = tmp_path / "log", tmp_path / "release"
     with pyexec.ProcessPoolExecutor(2, mp_context=ctx) as ex:
         cf.wait([ex.submit(sleep_for, 0.2) for _ in range(2)], timeout=60)  # both up
         list(ex.map(tiny, range(2000)))  # tiny calls: the windows grow
-        hung = ex.submit(sleep_for, 60)
-        calls = [ex.submit(tiny, i) for i in range(40)]
+        hung = ex.submit(wait_for_path, str(release), 60)
+        calls = [ex.submit(append_id, str(log), i) for i in range(40)]
         try:
             _, not_done = cf.wait(calls, timeout=10)  # they take ms: 10 s is 1000x
             assert len(not_done) == 0, "calls stranded behind the hung one"
+            assert not hung.done(), "the hung call was ended"
         finally:
-            ex.terminate_task(hung)
+            release.touch()
+        assert hung.result(timeout=60) == "released"
+    # After shutdown every worker has read its whole pipe: none ran a call twice.
+    assert Counter(log.read_text().split()) == Counter(str(i) for i in range(40))
+
+
+@pytest.mark.timeout(120)
+def test_calls_queued_in_a_stopped_worker_run_elsewhere(ctx, tmp_path):
+    """A worker stopped by SIGSTOP (it can answer nothing) holds calls in its window:
+    they must run on the other worker, and, once it is resumed, not again there."""
+    log = tmp_path / "log"
+    with pyexec.ProcessPoolExecutor(2, mp_context=ctx) as ex:
+        pids = {f.result(timeout=60) for f in [ex.submit(pid_after, 0.3) for _ in range(2)]}
+        assert len(pids) == 2
+        list(ex.map(tiny, range(2000)))  # tiny calls: the windows grow
+        stopped = min(pids)
+        os.kill(stopped, signal.SIGSTOP)
+        try:
+            calls = [ex.submit(append_id, str(log), i) for i in range(40)]
+            _, not_done = cf.wait(calls, timeout=10)  # they take ms: 10 s is 1000x
+            assert len(not_done) == 0, "calls stranded in the stopped worker"
+        finally:
+            os.kill(stopped, signal.SIGCONT)
+        # Resumed, it works again (and reads the calls taken back from it).
+        assert sorted(ex.map(tiny, range(100))) == list(range(100))
+        assert ex.submit(pid_after, 0).result(timeout=60) in pids
+    assert Counter(log.read_text().split()) == Counter(str(i) for i in range(40))
 
 
 # ---- 6g. a grandchild holds shutdown() for its whole life ----------------------------

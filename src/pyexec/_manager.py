@@ -344,6 +344,9 @@ class Manager(Dispatch, Outcomes, HandOff):
             if self.masked:
                 self.rearm_masked()
             timeout = self._deadlines()
+            stranded = self._unstrand()
+            if stranded is not None and (timeout is None or stranded < timeout):
+                timeout = stranded
             if self.start_after:
                 pause = self.start_after - time.monotonic()
                 if pause <= 0:

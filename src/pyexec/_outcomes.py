@@ -51,6 +51,12 @@ EARLY_DEATH_PAUSE = 0.05
 # How long a worker asked to exit may take before it is killed (seconds),
 # counted from the moment its last call is done.
 EXIT_GRACE = 5.0
+# A worker whose head call has run this long (seconds), or STRAND_CALLS times
+# the estimated call time if longer, gives back the calls queued behind it
+# when another worker idles (see _unstrand). Far above a round trip and any
+# scheduling hiccup, far below what a caller notices.
+STRAND_AFTER = 0.05
+STRAND_CALLS = 8
 
 
 def _unpickling_error(kind: int, tid: int, err: BaseException) -> CallUnpicklingError:
@@ -190,6 +196,7 @@ class Outcomes:
                     elif kind == frames.KIND_READY:
                         w.mark = time.monotonic()  # the head call starts now
                         w.ready = True
+                        w.stalled = False
                         self.early_deaths = 0
                     elif kind == frames.KIND_EXIT_ACK:
                         w.acked = True
@@ -205,6 +212,7 @@ class Outcomes:
             self.failed += failed
         if k:
             now = time.monotonic()
+            w.stalled = False  # it answers: see _lanes
             if not inflight:
                 w.exit_at = now
             self.window.observe((now - w.mark) / k, bool(inflight))
@@ -451,6 +459,64 @@ class Outcomes:
                 self._signal(w, signal.SIGKILL)
             elif best is None or due < best:
                 best = due
+        return None if best is None else best - now
+
+    def _unstrand(self) -> float | None:
+        """Take back the calls queued in a stuck worker's window while another
+        worker idles; return the seconds until it should be looked at again
+        (None: no need).
+
+        A worker is stuck when its head call has run STRAND_AFTER (or
+        STRAND_CALLS times the estimated call time, if longer) and calls were
+        sent to it since its last revoke. Its calls not started are revoked
+        (see _lanes) and go first in line again, for the idle worker; the call
+        it runs is left alone, however long it takes (as the standard library
+        does). Checked when the manager is about to sleep, not per call.
+        """
+        workers = self.workers
+        if len(workers) < 2:
+            return None
+        best = None
+        now = time.monotonic()
+        limit = STRAND_CALLS * self.window.service_time
+        if limit < STRAND_AFTER:
+            limit = STRAND_AFTER
+        idle = None
+        for w in workers:
+            if (
+                not w.inflight
+                or w.sent == w.swept
+                or w.claim is None
+                or w.state is DEAD
+                or w.kill_reason is not None
+            ):
+                continue
+            due = w.mark + limit
+            if now < due:
+                if best is None or due < best:
+                    best = due
+                continue
+            if idle is None:
+                idle = any(
+                    x.state is UP
+                    and not x.inflight
+                    and not x.stalled
+                    and not x.recycle
+                    and x.quota != 0
+                    for x in workers
+                )
+            if not idle:
+                # Look again later: a worker may free up unseen (help() reads
+                # results with the manager asleep).
+                due = now + limit
+                if best is None or due < best:
+                    best = due
+                continue
+            taken = w.revoke()
+            if taken:
+                for task in taken:
+                    task.where = None  # not on w any more: nothing to help() read there
+                self._requeue(taken)
         return None if best is None else best - now
 
 

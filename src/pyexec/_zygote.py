@@ -45,6 +45,9 @@ from ._worker import WorkerConfig
 
 # zygote <-> parent records: a command byte and two int32s.
 REC = struct.Struct("<Bii")
+# The fds a WORKER record carries: its call pipe's write end, its result pipe's
+# read end, its sentinel, its socket's parent end, its claim segment.
+WORKER_FDS = 5
 
 
 class Cmd(IntEnum):
@@ -53,7 +56,7 @@ class Cmd(IntEnum):
     START = ord("S")  # parent -> zygote: fork one more worker
     QUIT = ord("Q")  # parent -> zygote: exit once your workers are gone
     KILL = ord("K")  # parent -> zygote: signal worker pid with sig
-    WORKER = ord("W")  # zygote -> parent: a new worker (pid; its 4 fds attached)
+    WORKER = ord("W")  # zygote -> parent: a new worker (pid; its 5 fds attached)
     EXITED = ord("X")  # zygote -> parent: worker pid exited with code
     FAILED = ord("F")  # zygote -> parent: a START failed with errno code
 
@@ -181,7 +184,7 @@ class ZygoteLauncher:
         """
         self._sock.settimeout(timeout)
         try:
-            data, fds, flags, _addr = socket.recv_fds(self._sock, REC.size, 4)
+            data, fds, flags, _addr = socket.recv_fds(self._sock, REC.size, WORKER_FDS)
         except ConnectionResetError:  # it died with a request of ours unread
             data, fds = b"", []
         finally:
@@ -193,7 +196,7 @@ class ZygoteLauncher:
             self.dead = True
             return False  # the zygote is gone
         cmd, pid, code = REC.unpack(data)
-        if cmd == Cmd.WORKER and (flags & socket.MSG_CTRUNC or len(fds) != 4):
+        if cmd == Cmd.WORKER and (flags & socket.MSG_CTRUNC or len(fds) != WORKER_FDS):
             # The kernel could not give us all of the worker's fds: this process
             # has no fd free (EMFILE, or ENFILE system-wide). The worker cannot
             # be used: close what came, have it killed, tell the manager.
@@ -210,11 +213,11 @@ class ZygoteLauncher:
                 "could not be received",
             )
         elif cmd == Cmd.WORKER:
-            call_w, res_r, sentinel, side = fds
+            call_w, res_r, sentinel, side, claim = fds
             for fd in fds:  # recvmsg does not set close-on-exec
                 os.set_inheritable(fd, False)
             _fds.own_fd(sentinel)
-            self._ready.append(Lane(pid, call_w, res_r, sentinel, None, side))
+            self._ready.append(Lane(pid, call_w, res_r, sentinel, None, side, claim))
         elif cmd == Cmd.FAILED:
             self.failure = OSError(
                 code, f"{os.strerror(code)}: pyexec's fork zygote (pid {self.pid}) could not fork"
@@ -354,16 +357,19 @@ def _fork_worker(ctx: Any, sock: socket.socket, config: WorkerConfig) -> tuple[i
     The sentinel is a pidfd where there are (see _launch), for both."""
     signal.signal(signal.SIGINT, signal.default_int_handler)  # the zygote ignores it
     try:
-        proc, call_w, res_r, side = start_process(ctx, config)
+        proc, call_w, res_r, side, claim = start_process(ctx, config)
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     sentinel = pidfd(proc.pid)
     if sentinel < 0:
         sentinel = proc.sentinel
     try:
-        socket.send_fds(sock, [REC.pack(Cmd.WORKER, proc.pid, 0)], [call_w, res_r, sentinel, side])
+        socket.send_fds(
+            sock, [REC.pack(Cmd.WORKER, proc.pid, 0)], [call_w, res_r, sentinel, side, claim]
+        )
     finally:
         _fds.close_fd(call_w)
         _fds.close_fd(res_r)
         _fds.close_fd(side)
+        _fds.close_fd(claim)
     return sentinel, proc
