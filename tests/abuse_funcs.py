@@ -28,6 +28,12 @@ def tiny(x: int) -> int:
     return x
 
 
+def log_len(path: str, key: int, data: bytes) -> int:
+    """Log key (as append_id), answer len(data): a call with a big argument."""
+    append_id(path, key)
+    return len(data)
+
+
 def pid_after(seconds: float) -> int:
     """This worker's pid, after a sleep (long enough that each worker takes one)."""
     time.sleep(seconds)

@@ -30,6 +30,7 @@ from abuse_funcs import (
     break_marshal,
     give,
     leave_grandchild,
+    log_len,
     pid_after,
     sleep_for,
     tiny,
@@ -231,6 +232,32 @@ def test_calls_queued_in_a_stopped_worker_run_elsewhere(ctx, tmp_path):
         assert sorted(ex.map(tiny, range(100))) == list(range(100))
         assert ex.submit(pid_after, 0).result(timeout=60) in pids
     assert Counter(log.read_text().split()) == Counter(str(i) for i in range(40))
+
+
+@pytest.mark.timeout(120)
+def test_big_calls_queued_in_a_stopped_worker_run_elsewhere(ctx, tmp_path):
+    """As above, with arguments big enough for shared memory: the calls taken back
+    carried the stopped worker's first arena and their buffers' slots. Resumed, it
+    skips them yet takes the arena and frees the slots: big calls work there again."""
+    log = tmp_path / "log"
+    big = b"x" * (1 << 20)
+    with pyexec.ProcessPoolExecutor(2, mp_context=ctx) as ex:
+        pids = {f.result(timeout=60) for f in [ex.submit(pid_after, 0.3) for _ in range(2)]}
+        assert len(pids) == 2
+        list(ex.map(tiny, range(2000)))  # tiny calls: the windows grow
+        stopped = min(pids)
+        os.kill(stopped, signal.SIGSTOP)
+        try:
+            calls = [ex.submit(log_len, str(log), i, big) for i in range(20)]
+            _, not_done = cf.wait(calls, timeout=10)
+            assert len(not_done) == 0, "calls stranded in the stopped worker"
+        finally:
+            os.kill(stopped, signal.SIGCONT)
+        assert [f.result() for f in calls] == [len(big)] * 20
+        # Resumed: big calls on both workers, many times its arena's quarter.
+        more = [ex.submit(log_len, str(log), i, big) for i in range(20, 120)]
+        assert [f.result(timeout=60) for f in more] == [len(big)] * 100
+    assert Counter(log.read_text().split()) == Counter(str(i) for i in range(120))
 
 
 # ---- 6g. a grandchild holds shutdown() for its whole life ----------------------------
