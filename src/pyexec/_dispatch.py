@@ -6,7 +6,8 @@ items as one BATCH frame per run, a chunked map's as one BATCH frame per
 chunk, see _push_chunk), ask workers to exit, flush call pipes that were full.
 A mixin of Manager: these methods run in the manager thread only, with
 dispatch_lock held. They write ``pending`` (pop), the lanes' ``inflight``,
-``quota``, ``mark`` and ``state`` (to EXITING), ``starting``,
+``quota``, ``mark``, ``sent`` (and each call's ``seq``: the number of its
+frame on that lane, see _lanes' claim word) and ``state`` (to EXITING), ``starting``,
 ``started_workers``, ``replaced``, ``failed`` (a map item that cannot be
 pickled), ``cancelled`` (calls dropped: cancelled, or of an abandoned map)
 and the set of call fds watched while full (``_writers``).

@@ -1,6 +1,7 @@
 """Starting worker processes: the launchers' protocol, and ``ctx.Process`` workers.
 
-spawn and forkserver: ``ctx.Process`` with the worker's two pipe ends passed
+spawn and forkserver: ``ctx.Process`` with the worker's two pipe ends (and
+its fd socket and claim word's segment, see _payloads and _lanes) passed
 through multiprocessing's own fd passing, so the worker sees the parent's
 ``sys.path`` and main module exactly as the standard library's workers do.
 Starting one is safe from the manager thread (nothing is forked there).

@@ -3,12 +3,15 @@
 The manager's side that receives: read and decode result frames, settle
 futures (outside dispatch_lock), notice a worker's death and fail, requeue
 or break accordingly, enforce deadlines (task timeouts, terminate_task, an
-exiting worker's grace) and break the pool. A mixin of Manager: these
-methods run in the manager thread (``_decode`` and ``_protocol_error`` also in
-a hand-off, under dispatch_lock, see _handoff). They write the lanes'
-``inflight`` (pop), ``state`` (to DEAD), ``mark``, ``recycle``, ``acked``,
-``fatal``, ``kill_reason``; ``completed``, ``failed``, ``cancelled``, ``keep``,
-``broken``, the window, and ``pending`` (requeued calls go first). A result frame
+exiting worker's grace), take back the calls queued behind a stuck worker's
+head for an idle one (``_unstrand``, through the lanes' claim words, see
+_lanes) and break the pool. A mixin of Manager: these methods run in the
+manager thread (``_decode`` and ``_protocol_error`` also in a hand-off, under
+dispatch_lock, see _handoff). They write the lanes' ``inflight`` (pop),
+``state`` (to DEAD), ``mark``, ``recycle``, ``acked``, ``fatal``,
+``kill_reason``, ``stalled``, ``swept`` and ``quota`` (revoked calls give it
+back); ``completed``, ``failed``, ``cancelled``, ``keep``, ``broken``, the
+window, and ``pending`` (requeued calls go first). A result frame
 flagged OOB is decoded by its lane's channel (_payloads: big buffers in shared
 memory); a dead lane's channel is closed with its fds (held views stay valid).
 """

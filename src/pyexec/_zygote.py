@@ -1,19 +1,19 @@
 """The fork zygote: workers forked from a single-threaded copy of the parent.
 
-Under fork, the parent is forked once, into a *zygote*, while no pyexec thread runs
-(before the manager thread starts). The zygote is single-threaded; it forks
+Under fork, the parent is forked once, into a *zygote*, while no pyexec thread
+runs (before the manager thread starts). The zygote is single-threaded; it forks
 the workers asked for later (more as the backlog grows, and replacements), and
-hands the parent each worker's pipe ends and sentinel over a unix socket
-(SCM_RIGHTS). So workers inherit the parent's state as of the first submit, as
-the standard library's fork workers do, and replacing a worker never forks a
-multi-threaded process. The first worker is forked by the parent itself, just
-before the zygote: one forked by a fresh zygote reached its loop about 1 ms
-later (two forks in a row, each child first paying its copy-on-write faults,
-some 250 of 4-5 us each here). That worker's parent is the thread that called
-submit(), which may end before the pool, so it cannot ask the kernel for a
-parent-death signal; the zygote holds a pidfd of it instead and kills it, with
-its own workers, when the pool's process is gone (Linux; elsewhere the zygote
-forks every worker).
+hands the parent each worker's pipe ends, sentinel, fd socket and claim word's
+segment over a unix socket (SCM_RIGHTS). So workers inherit the parent's state
+as of the first submit, as the standard library's fork workers do, and replacing
+a worker never forks a multi-threaded process. The first worker is forked by the
+parent itself, just before the zygote: one forked by a fresh zygote reached its
+loop about 1 ms later (two forks in a row, each child first paying its
+copy-on-write faults, some 250 of 4-5 us each here). That worker's parent is the
+thread that called submit(), which may end before the pool, so it cannot ask the
+kernel for a parent-death signal; the zygote holds a pidfd of it instead and
+kills it, with its own workers, when the pool's process is gone (Linux;
+elsewhere the zygote forks every worker).
 
 The parent's side (ZygoteLauncher) belongs to the manager thread once
 attached; the zygote's side (_zygote) is the zygote process's one thread.
