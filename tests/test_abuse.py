@@ -260,6 +260,31 @@ def test_big_calls_queued_in_a_stopped_worker_run_elsewhere(ctx, tmp_path):
     assert Counter(log.read_text().split()) == Counter(str(i) for i in range(120))
 
 
+@pytest.mark.timeout(180)
+def test_calls_taken_back_at_random_moments_run_once(ctx, tmp_path):
+    """Head calls that end about when the calls queued behind them are taken back
+    (45 to 56 ms, around the 50 ms rule: the worker is then often claiming the
+    next calls as the parent revokes them), with calls queued by submit, by map's
+    per-item batches and by its chunks: every call runs exactly once."""
+    log = str(tmp_path / "log")
+    rng = random.Random(6)
+    key = 0
+    with pyexec.ProcessPoolExecutor(2, mp_context=ctx) as ex:
+        list(ex.map(tiny, range(2000)))  # tiny calls: the windows grow
+        for _ in range(30):
+            calls = [ex.submit(append_id, log, key, rng.uniform(0.045, 0.056))]
+            calls += [ex.submit(append_id, log, k) for k in range(key + 1, key + 31)]
+            items = ex.map(append_id, [log] * 20, range(key + 31, key + 51), chunksize=1)
+            chunks = ex.map(append_id, [log] * 50, range(key + 51, key + 101))
+            key += 101
+            _, not_done = cf.wait(calls, timeout=60)
+            assert not not_done
+            assert len(list(items)) == 20 and len(list(chunks)) == 50
+    with open(log) as f:
+        counts = Counter(f.read().split())
+    assert counts == Counter(str(k) for k in range(key))
+
+
 # ---- 6g. a grandchild holds shutdown() for its whole life ----------------------------
 
 
