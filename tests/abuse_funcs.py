@@ -34,6 +34,14 @@ def log_len(path: str, key: int, data: bytes) -> int:
     return len(data)
 
 
+def hang_or_log(path: str, release: str, key: int) -> int:
+    """Item 0 hangs until release exists; any other logs its key (as append_id)."""
+    if key == 0:
+        wait_for_path(release, 60)
+        return key
+    return append_id(path, key)
+
+
 def pid_after(seconds: float) -> int:
     """This worker's pid, after a sleep (long enough that each worker takes one)."""
     time.sleep(seconds)

@@ -29,6 +29,7 @@ from abuse_funcs import (
     append_id,
     break_marshal,
     give,
+    hang_or_log,
     leave_grandchild,
     log_len,
     pid_after,
@@ -209,6 +210,35 @@ def test_calls_queued_behind_a_hung_call_run_elsewhere(ctx, tmp_path):
         assert hung.result(timeout=60) == "released"
     # After shutdown every worker has read its whole pipe: none ran a call twice.
     assert Counter(log.read_text().split()) == Counter(str(i) for i in range(40))
+
+
+@pytest.mark.timeout(120)
+def test_map_items_queued_behind_a_hung_item_run_elsewhere(ctx, tmp_path):
+    """map(chunksize=1), whose items travel in batches: the items queued behind a
+    hung one in its batch must run on the idle worker, each once, as the standard
+    library (which sends each item on its own) runs them."""
+    log, release = tmp_path / "log", tmp_path / "release"
+    with pyexec.ProcessPoolExecutor(2, mp_context=ctx) as ex:
+        cf.wait([ex.submit(sleep_for, 0.2) for _ in range(2)], timeout=60)  # both up
+        list(ex.map(tiny, range(2000), chunksize=1))  # tiny items: the windows grow
+        results = ex.map(hang_or_log, [str(log)] * 41, [str(release)] * 41, range(41), chunksize=1)
+        try:
+            end = time.monotonic() + 10  # they take ms: 10 s is 1000x
+            while time.monotonic() < end and _lines(log) < 40:
+                time.sleep(0.01)
+            assert _lines(log) == 40, "items stranded behind the hung one"
+        finally:
+            release.touch()
+        assert list(results) == list(range(41))
+    assert Counter(log.read_text().split()) == Counter(str(i) for i in range(1, 41))
+
+
+def _lines(path: Path) -> int:
+    """Lines in path so far (0 if it does not exist)."""
+    try:
+        return len(path.read_text().split())
+    except FileNotFoundError:
+        return 0
 
 
 @pytest.mark.timeout(120)

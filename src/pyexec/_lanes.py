@@ -11,9 +11,10 @@ hand-off's, under the same lock).
 The claim word: each worker shares with the parent one 64-bit word (a
 segment of its own, made with its pipes and mapped by both; see px_claim in
 csrc/pyexec.h) that says which of the calls queued in its window it may still
-run. The parent numbers the CALL and BATCH frames it sends to a lane
-(``sent``, each task's ``seq``); the worker counts the frames it reads the
-same way and claims each call before it runs it. The parent (the manager
+run. The parent numbers the calls it sends to a lane (``sent``, each task's
+``seq``): a CALL frame, a chunk's BATCH frame, each item of a per-item BATCH
+frame; the worker counts the calls it reads the same way and claims each one
+before it runs it. The parent (the manager
 thread, under dispatch_lock) may revoke every call the worker has not claimed
 yet (``revoke``), whatever state the worker is in -- stopped by SIGSTOP, or
 stuck in a call that never returns -- and send those calls to other workers:
@@ -140,15 +141,21 @@ class Lane:
                 self.claim = map_claim(claim)
             finally:
                 _fds.close_fd(claim)
-        self.sent = 0  # CALL and BATCH frames sent to it (the last call's number)
+        self.sent = 0  # calls sent to it (the last one's number on the claim word)
         self.swept = 0  # sent as of the last revoke: nothing more to take back since
         self.stalled = False  # calls were revoked from it; it has not answered since
+
+    def all_claimed(self) -> bool:
+        """Whether the worker has started (claimed) every call it holds."""
+        claimed = lib.px_claim_peek(self.claim) & SEQ_MASK
+        inflight = self.inflight
+        return not inflight or not 0 < (inflight[-1].seq - claimed) & SEQ_MASK < SEQ_HALF
 
     def revoke(self) -> deque:
         """Take back every call the worker has not started (see the module's
         docstring): they leave ``inflight``, in order, and are returned. What
-        stays is what it claimed (its head, running or done, and the calls of
-        the same batch frame)."""
+        stays is what it claimed (its head, running or done, and any call
+        before it whose result is on its way)."""
         self.swept = self.sent
         claimed = lib.px_revoke(self.claim, self.sent & SEQ_MASK)
         inflight = self.inflight

@@ -470,8 +470,9 @@ class Outcomes:
         (None: no need).
 
         A worker is stuck when its head call has run STRAND_AFTER (or
-        STRAND_CALLS times the estimated call time, if longer) and calls were
-        sent to it since its last revoke. Its calls not started are revoked
+        STRAND_CALLS times the estimated call time, if longer) and it holds
+        calls it has not started, sent since its last revoke (a long call
+        alone is looked at once, not again and again). Its calls not started are revoked
         (see _lanes) and go first in line again, for the idle worker; the call
         it runs is left alone, however long it takes (as the standard library
         does). Checked when the manager is about to sleep, not per call.
@@ -498,6 +499,11 @@ class Outcomes:
             if now < due:
                 if best is None or due < best:
                     best = due
+                continue
+            if w.all_claimed():
+                # Nothing to take back (a long call with none queued behind
+                # it): no need to look again until more is sent to it.
+                w.swept = w.sent
                 continue
             if idle is None:
                 idle = any(
