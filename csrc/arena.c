@@ -415,3 +415,46 @@ int64_t px_recv_fds(int sock, char *buf, uint64_t len, int *fds, int max_fds, in
     *nfds = got;
     return (int64_t)k;
 }
+
+/* ---- claims ----------------------------------------------------------- */
+
+/* See pyexec.h. The word is read and swapped with the GCC/Clang __atomic
+ * builtins (lock-free for 8 aligned bytes on every platform pyexec builds
+ * on), sequentially consistent: the two halves change together or not at
+ * all, and each side's CAS fails (and retries) when the other moved first. */
+
+/* a - b as a signed distance modulo 2^32 (serial number arithmetic). */
+static int32_t serial_diff(uint32_t a, uint32_t b) {
+    return (int32_t)(a - b);
+}
+
+int px_claim(void *word, uint32_t seq) {
+    uint64_t *w = (uint64_t *)word;
+    uint64_t old = __atomic_load_n(w, __ATOMIC_SEQ_CST);
+    for (;;) {
+        uint32_t skip = (uint32_t)(old >> 32);
+        uint32_t claimed = (uint32_t)old;
+        if (serial_diff(seq, claimed) > 0 && serial_diff(skip, seq) >= 0) return 0; /* revoked */
+        /* SKIP is dragged along to seq when it is behind (revoking nothing
+         * either way): it then stays within a window of CLAIMED, and the
+         * modulo comparisons stay valid however many calls a worker runs. */
+        uint32_t keep = serial_diff(skip, seq) > 0 ? skip : seq;
+        uint64_t want = ((uint64_t)keep << 32) | seq;
+        if (__atomic_compare_exchange_n(w, &old, want, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
+            return 1;
+    }
+}
+
+uint32_t px_revoke(void *word, uint32_t through) {
+    uint64_t *w = (uint64_t *)word;
+    uint64_t old = __atomic_load_n(w, __ATOMIC_SEQ_CST);
+    for (;;) {
+        uint64_t want = ((uint64_t)through << 32) | (old & 0xFFFFFFFFULL);
+        if (__atomic_compare_exchange_n(w, &old, want, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
+            return (uint32_t)old;
+    }
+}
+
+uint64_t px_claim_peek(const void *word) {
+    return __atomic_load_n((const uint64_t *)word, __ATOMIC_SEQ_CST);
+}

@@ -32,7 +32,7 @@
 /* CDEF BEGIN */
 
 /* Bumped whenever a declaration below changes meaning. Checked at import. */
-#define PX_CORE_ABI 8
+#define PX_CORE_ABI 9
 
 /* ---- frames ---------------------------------------------------------- */
 
@@ -393,6 +393,38 @@ int64_t px_send_fds(int sock, const int *fds, int n, const char *data, uint64_t 
  * MSG_CTRUNC; every fd that did come is closed, *nfds is 0, and the channel
  * is out of step: treat it as broken), or another -errno. */
 int64_t px_recv_fds(int sock, char *buf, uint64_t len, int *fds, int max_fds, int *nfds);
+
+/* ---- claims: which queued calls a worker may still run (arena.c) ------ */
+
+/* A claim word is 64 bits of shared memory (a segment of PX_CLAIM_SIZE bytes
+ * of its own, one per worker: a cache line) that says which of the calls
+ * sent to one worker it may still run. The parent numbers the calls it sends
+ * to that worker 1, 2, ... (modulo 2^32; a BATCH frame is one call, all its
+ * items), and the worker counts the frames it reads the same way. Low half: CLAIMED, the
+ * last call the worker started (written by the worker only). High half:
+ * SKIP, written by the parent only: calls numbered up to SKIP and beyond
+ * CLAIMED are revoked, never to be run by this worker. Both change only by
+ * compare-and-swap of the whole word, so a call is either claimed or revoked,
+ * never both, whatever the two processes do at the same time (and the parent
+ * needs nothing from a worker that is stopped or stuck in a call). Numbers
+ * are compared modulo 2^32 (serial number arithmetic): a worker's window is
+ * far smaller than 2^31. */
+#define PX_CLAIM_SIZE 64
+
+/* Claim call seq before running it (the worker, calls in order): 1 when it
+ * may run (CLAIMED is now seq), 0 when the parent revoked it (the word is
+ * unchanged: skip it, and send nothing for it). word: the mapping's address,
+ * 8-byte aligned. */
+int px_claim(void *word, uint32_t seq);
+
+/* Revoke every call not yet claimed up to through (the parent: the last call
+ * it sent): SKIP becomes through, atomically with reading CLAIMED, which is
+ * returned. Calls numbered CLAIMED+1 .. through will never run in this
+ * worker; those after through run as usual. */
+uint32_t px_revoke(void *word, uint32_t through);
+
+/* The word as it is now (CLAIMED | SKIP << 32), for tests and messages. */
+uint64_t px_claim_peek(const void *word);
 
 /* ---- identity --------------------------------------------------------- */
 

@@ -28,6 +28,37 @@ def tiny(x: int) -> int:
     return x
 
 
+def log_len(path: str, key: int, data: bytes) -> int:
+    """Log key (as append_id), answer len(data): a call with a big argument."""
+    append_id(path, key)
+    return len(data)
+
+
+def hang_or_log(path: str, release: str, key: int) -> int:
+    """Item 0 hangs until release exists; any other logs its key (as append_id)."""
+    if key == 0:
+        wait_for_path(release, 60)
+        return key
+    return append_id(path, key)
+
+
+def pid_after(seconds: float) -> int:
+    """This worker's pid, after a sleep (long enough that each worker takes one)."""
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def wait_for_path(path: str, limit: float) -> str:
+    """A call that runs until path exists (or limit seconds pass): 'released' or
+    'gave up'. It stands for a call that hangs, which the test can still end."""
+    end = time.monotonic() + limit
+    while time.monotonic() < end:
+        if os.path.exists(path):
+            return "released"
+        time.sleep(0.01)
+    return "gave up"
+
+
 def log_start_then_exit(path: str) -> None:
     """Initializer: log this worker's start, then die at once."""
     append_id(path, os.getpid())

@@ -636,6 +636,23 @@ class Receiver:
                 if kind & _IN_SEGMENT:  # copied (or never will be): its pages go back now
                     lib.px_discard(ptr, n)
 
+    def discard(self, descriptors: bytes, fds: list[int]) -> None:
+        """A message that will never be loaded (a call its worker may not run):
+        its arena slots are queued for release at once, as if its views had
+        died; its segment fds are closed (all of fds, whatever happens)."""
+        try:
+            count = (len(descriptors) - _HEADER.size) // _ENTRY.size
+            state = self._state
+            for i in range(max(count, 0)):
+                kind, sid, _off, _n = _ENTRY.unpack_from(
+                    descriptors, _HEADER.size + i * _ENTRY.size
+                )
+                if not kind & _IN_SEGMENT and not state.closed:
+                    state.releases.append(sid)
+        finally:
+            for fd in fds:
+                lib.px_close(fd)
+
     def take_releases(self) -> bytes:
         """Slot ids whose views died since the last call, for the sender's on_release
         (b"" when none)."""

@@ -6,7 +6,8 @@ items as one BATCH frame per run, a chunked map's as one BATCH frame per
 chunk, see _push_chunk), ask workers to exit, flush call pipes that were full.
 A mixin of Manager: these methods run in the manager thread only, with
 dispatch_lock held. They write ``pending`` (pop), the lanes' ``inflight``,
-``quota``, ``mark`` and ``state`` (to EXITING), ``starting``,
+``quota``, ``mark``, ``sent`` (and each call's ``seq``: the number of its
+frame on that lane, see _lanes' claim word) and ``state`` (to EXITING), ``starting``,
 ``started_workers``, ``replaced``, ``failed`` (a map item that cannot be
 pickled), ``cancelled`` (calls dropped: cancelled, or of an abandoned map)
 and the set of call fds watched while full (``_writers``).
@@ -27,7 +28,7 @@ from . import _frames as frames
 from ._buffers import Pickled
 from ._errors import BROKEN_PREFIX
 from ._future import start_fast
-from ._lanes import WINDOW_PAIR, Lane, State
+from ._lanes import WINDOW_MAX, WINDOW_PAIR, Lane, State
 from ._launch import LauncherGone
 from ._tasks import MapJob, RawBlock, Task, split_block
 from ._waiter import READABLE, WRITABLE
@@ -110,10 +111,12 @@ class Dispatch:
         (it drains its window and exits), and none behind a head call that has
         run longer than WINDOW_PAIR: the window was sized for short calls, and
         this one may be long (a worker on its way, or one that frees up, takes
-        them)."""
+        them). One at most while it is stalled (see _lanes)."""
         inflight = w.inflight
         if w.recycle or (inflight and now - w.mark > WINDOW_PAIR):
             return 0
+        if w.stalled:  # its calls were taken back (see _lanes): one, until it answers
+            return 0 if inflight else 1
         if inflight and w.chan is not None and w.chan.blocked:
             return 0  # its big calls wait for room in its arena (see _dispatch)
         return self.window.size - len(inflight)
@@ -133,7 +136,10 @@ class Dispatch:
         share = 0
         if pending:
             if len(workers) > 1:
-                workers = sorted(workers, key=lambda w: len(w.inflight))
+                # A stalled worker last: the calls taken back from it go elsewhere.
+                workers = sorted(
+                    workers, key=lambda w: len(w.inflight) + (WINDOW_MAX if w.stalled else 0)
+                )
             # Spread a short burst evenly over the workers.
             ups = sum(1 for x in workers if x.state is UP) or 1
             share = -(-self._backlog(self.window.size * ups) // ups)
@@ -183,6 +189,7 @@ class Dispatch:
                         started = start_fast(run)  # cancelled ones are left out
                         if started is not run:
                             self.cancelled += len(run) - len(started)
+                        seq = w.sent
                         for task in started:
                             report = frames.FLAG_STARTED if task.timeout is not None else 0
                             if task.oob is None and not releases:
@@ -192,8 +199,11 @@ class Dispatch:
                                 if encoded is None:
                                     continue  # it could not be pickled: settled
                                 push(KIND_CALL, task.tid, encoded[0], report | encoded[1])
+                            seq += 1
+                            task.seq = seq
                             inflight.append(task)
                             sent += 1
+                        w.sent = seq
                     elif task.start():  # a map item sent again after a restart
                         sent += self._push_batch(w, task.job, room - sent, [task])
                     else:
@@ -291,6 +301,9 @@ class Dispatch:
         else:
             flags = frames.FLAG_HOLD if self.on_crash == "break" else 0
         w.writer.push(frames.KIND_BATCH, batch[0].tid, payload, flags)
+        w.sent = seq = w.sent + 1  # one frame, one number: claimed or revoked as one
+        for task in batch:
+            task.seq = seq
         w.inflight.extend(batch)
         return len(batch)
 
@@ -341,6 +354,7 @@ class Dispatch:
         task.started = True
         payload = pickle.dumps((job.fn_pickle, blocks, job.star), pickle.HIGHEST_PROTOCOL)
         w.writer.push(frames.KIND_BATCH, task.tid, payload, 0)
+        w.sent = task.seq = w.sent + 1
         w.inflight.append(task)
         return 1
 

@@ -113,9 +113,11 @@ class HandOff:
                 and w.quota != 0
                 and not w.recycle
                 and not w.writer.pending
+                and not w.stalled
             ):
                 if not task.start():
                     return True
+                w.sent = task.seq = w.sent + 1
                 w.inflight.append(task)
                 task.where = w
                 w.mark = time.monotonic()

@@ -4,9 +4,25 @@ A Lane is made by a launcher (_launch, _zygote) and from then on belongs to
 the manager thread: its state, what it holds in flight, its quota and its
 deadlines. The one exception is the hand-off (see _handoff): a caller's
 thread holding the manager's dispatch_lock may append to or pop from
-``inflight``, lower ``quota``, set ``mark`` and ``recycle``, and write to the
-lane's pipe. The Window is the manager thread's alone (and a hand-off's,
-under the same lock).
+``inflight``, lower ``quota``, set ``mark`` and ``recycle``, count ``sent``
+and write to the lane's pipe. The Window is the manager thread's alone (and a
+hand-off's, under the same lock).
+
+The claim word: each worker shares with the parent one 64-bit word (a
+segment of its own, made with its pipes and mapped by both; see px_claim in
+csrc/pyexec.h) that says which of the calls queued in its window it may still
+run. The parent numbers the calls it sends to a lane (``sent``, each task's
+``seq``): a CALL frame is one, a BATCH frame (a chunk of a map, or a run of
+map items) is one for all its items; the worker counts the frames it reads
+the same way and claims each one before it runs it. (Items of one BATCH
+frame behind an item that hangs stay with it: a claim per item cost a
+quarter of tiny-map's throughput, the cffi call per item.) The parent (the manager
+thread, under dispatch_lock) may revoke every call the worker has not claimed
+yet (``revoke``), whatever state the worker is in -- stopped by SIGSTOP, or
+stuck in a call that never returns -- and send those calls to other workers:
+the worker can never claim them afterwards, so none runs twice. A worker
+whose calls were revoked is ``stalled`` until it answers again: it is given
+at most one call meanwhile, after every other worker (see _dispatch).
 """
 
 from __future__ import annotations
@@ -16,7 +32,9 @@ from enum import Enum, IntEnum
 from typing import Any
 
 from . import _fds
+from ._buffers import _map
 from ._frames import Decoder, Writer
+from ._native import lib
 from ._payloads import Channel
 
 # Calls a worker may hold beyond the one it runs. The window adapts to how
@@ -28,6 +46,15 @@ from ._payloads import Channel
 WINDOW_SECONDS = 0.002
 WINDOW_MAX = 256
 WINDOW_PAIR = 0.05
+# Call numbers on the claim word are modulo 2^32.
+SEQ_MASK = 0xFFFFFFFF
+SEQ_HALF = 0x80000000
+
+
+def map_claim(fd: int) -> Any:
+    """Map a claim word's segment (fd is closed, here or by the caller as it
+    likes: the mapping outlives it); unmapped when the pointer dies."""
+    return _map(fd, lib.PX_CLAIM_SIZE, lib.PX_MAP_SEALED)
 
 
 class State(IntEnum):
@@ -54,6 +81,7 @@ class Lane:
         "acked",
         "call_fd",
         "chan",
+        "claim",
         "exit_at",
         "fatal",
         "inflight",
@@ -66,15 +94,27 @@ class Lane:
         "ready",
         "recycle",
         "result_fd",
+        "sent",
         "sentinel",
+        "stalled",
         "state",
+        "swept",
         "writer",
     )
 
     def __init__(
-        self, pid: int, call_fd: int, result_fd: int, sentinel: int, proc: Any, side: int = -1
+        self,
+        pid: int,
+        call_fd: int,
+        result_fd: int,
+        sentinel: int,
+        proc: Any,
+        side: int = -1,
+        claim: int = -1,
     ) -> None:
-        """side: the parent's end of the worker's fd socket (see _payloads), owned."""
+        """side: the parent's end of the worker's fd socket (see _payloads), owned;
+        claim: its claim word's segment (see the module's docstring), mapped here
+        and closed."""
         self.pid = pid
         # Its shared-memory channel: no arena until a big payload needs one (the
         # manager sets the size it may have).
@@ -96,6 +136,41 @@ class Lane:
         self.fatal: str | None = None  # why it is about to die, when it told us
         self.kill_reason: Kill | None = None  # set once the manager killed it
         self.kill_target: Any = None  # the call it was killed for
+        # The claim word (None: the worker has none, nothing can be revoked).
+        self.claim: Any = None
+        if claim >= 0:
+            try:
+                self.claim = map_claim(claim)
+            finally:
+                _fds.close_fd(claim)
+        self.sent = 0  # calls sent to it (the last one's number on the claim word)
+        self.swept = 0  # sent as of the last revoke: nothing more to take back since
+        self.stalled = False  # calls were revoked from it; it has not answered since
+
+    def all_claimed(self) -> bool:
+        """Whether the worker has started (claimed) every call it holds."""
+        claimed = lib.px_claim_peek(self.claim) & SEQ_MASK
+        inflight = self.inflight
+        return not inflight or not 0 < (inflight[-1].seq - claimed) & SEQ_MASK < SEQ_HALF
+
+    def revoke(self) -> deque:
+        """Take back every call the worker has not started (see the module's
+        docstring): they leave ``inflight``, in order, and are returned. What
+        stays is what it claimed (its head, running or done, the other items
+        of its batch frame, and any call before it whose result is on its
+        way)."""
+        self.swept = self.sent
+        claimed = lib.px_revoke(self.claim, self.sent & SEQ_MASK)
+        inflight = self.inflight
+        taken: deque = deque()
+        # Calls are in inflight in the order sent: the revoked ones are a tail.
+        while inflight and 0 < (inflight[-1].seq - claimed) & SEQ_MASK < SEQ_HALF:
+            taken.appendleft(inflight.pop())
+        if taken:
+            self.stalled = True
+            if self.quota is not None:
+                self.quota += len(taken)
+        return taken
 
     def __repr__(self) -> str:
         return f"<worker pid={self.pid} {self.state.name.lower()}>"

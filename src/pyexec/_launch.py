@@ -1,6 +1,7 @@
 """Starting worker processes: the launchers' protocol, and ``ctx.Process`` workers.
 
-spawn and forkserver: ``ctx.Process`` with the worker's two pipe ends passed
+spawn and forkserver: ``ctx.Process`` with the worker's two pipe ends (and
+its fd socket and claim word's segment, see _payloads and _lanes) passed
 through multiprocessing's own fd passing, so the worker sees the parent's
 ``sys.path`` and main module exactly as the standard library's workers do.
 Starting one is safe from the manager thread (nothing is forked there).
@@ -28,6 +29,7 @@ from typing import Any, Protocol
 
 from . import _fds
 from ._lanes import Lane
+from ._native import check, lib
 from ._worker import InheritFd, WorkerConfig, main
 
 
@@ -111,10 +113,10 @@ class ProcessLauncher:
 
     def start(self) -> Lane | None:
         """Start one worker now and return it."""
-        proc, call_w, res_r, side = start_process(self._ctx, self._config, self._deathsig)
+        proc, call_w, res_r, side, claim = start_process(self._ctx, self._config, self._deathsig)
         sentinel = pidfd(proc.pid) if self._pidfd else -1
         sentinel = proc.sentinel if sentinel < 0 else sentinel
-        return Lane(proc.pid, call_w, res_r, sentinel, proc, side)
+        return Lane(proc.pid, call_w, res_r, sentinel, proc, side, claim)
 
     def exitcode(self, w: Lane, timeout: float) -> int | None:
         """The exit status of a worker whose sentinel fired (None if unknown)."""
@@ -175,35 +177,59 @@ HAVE_PIDFD = _have_pidfd()
 
 def start_process(
     ctx: Any, config: WorkerConfig, deathsig: bool = True
-) -> tuple[Any, int, int, int]:
-    """Start a worker's Process with its two pipes and its socket for fds (see
-    _payloads): (the Process, the call pipe's write end, the result pipe's read
-    end, the socket's parent end), those and its sentinel owned."""
+) -> tuple[Any, int, int, int, int]:
+    """Start a worker's Process with its two pipes, its socket for fds (see
+    _payloads) and its claim word (see _lanes): (the Process, the call pipe's
+    write end, the result pipe's read end, the socket's parent end, the claim
+    segment's fd), those and its sentinel owned."""
     call_r, call_w = _fds.make_pipe(False, True)
     res_r, res_w = _fds.make_pipe(True, False)
     side_p, side_w = _socketpair()
+    claim_p = claim_w = -1
+    try:
+        claim_p = _fds.own_fd(new_claim_segment())
+        claim_w = os.dup(claim_p)  # the worker's own (os.dup makes it non-inheritable)
+    except BaseException:
+        _fds.close_fd(claim_p)
+        for fd in (call_r, call_w, res_r, res_w, side_p, side_w):
+            _fds.close_fd(fd)
+        raise
     # A forked worker must close the parent's ends (its after-fork hook closes
     # owned fds); any other child forked meanwhile, the worker's ends.
     forked = ctx.get_start_method() == "fork"
-    for fd in (call_w, res_r, side_p) if forked else (call_r, res_w, side_w):
+    for fd in (call_w, res_r, side_p, claim_p) if forked else (call_r, res_w, side_w, claim_w):
         _fds.own_fd(fd)
     try:
         proc = ctx.Process(
             target=main,
-            args=(InheritFd(call_r), InheritFd(res_w), config, deathsig, InheritFd(side_w)),
+            args=(
+                InheritFd(call_r),
+                InheritFd(res_w),
+                config,
+                deathsig,
+                InheritFd(side_w),
+                InheritFd(claim_w),
+            ),
         )
         proc.start()
     except BaseException:
         _fds.close_fd(call_w)
         _fds.close_fd(res_r)
         _fds.close_fd(side_p)
+        _fds.close_fd(claim_p)
         raise
     finally:
         _fds.close_fd(call_r)
         _fds.close_fd(res_w)
         _fds.close_fd(side_w)
+        _fds.close_fd(claim_w)
     _fds.own_fd(proc.sentinel)
-    return proc, _fds.own_fd(call_w), _fds.own_fd(res_r), _fds.own_fd(side_p)
+    return proc, _fds.own_fd(call_w), _fds.own_fd(res_r), _fds.own_fd(side_p), _fds.own_fd(claim_p)
+
+
+def new_claim_segment() -> int:
+    """A fresh claim word's segment (zeroed: no call claimed, none revoked), as an fd."""
+    return check(lib.px_shm_new(lib.PX_CLAIM_SIZE))
 
 
 def _socketpair() -> tuple[int, int]:

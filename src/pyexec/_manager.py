@@ -27,6 +27,12 @@ under the executor's lock. The manager holds the executor only through a
 weakref, whose callback wakes it, so a dropped executor shuts down as if
 ``shutdown()`` was called.
 
+A worker whose head call runs long (or which cannot run at all: stopped by
+SIGSTOP) while another idles gives back the calls queued behind that head:
+the manager revokes them on the worker's claim word, which the worker checks
+before each call, and sends them elsewhere (_outcomes' _unstrand, _lanes).
+The long call itself keeps running.
+
 The parent knows which calls each worker holds, so a dead worker loses only
 its own calls: with ``on_crash="break"`` (the default, the standard library's
 behaviour) the whole pool breaks; with ``on_crash="restart"`` only the call
@@ -344,6 +350,9 @@ class Manager(Dispatch, Outcomes, HandOff):
             if self.masked:
                 self.rearm_masked()
             timeout = self._deadlines()
+            stranded = self._unstrand()
+            if stranded is not None and (timeout is None or stranded < timeout):
+                timeout = stranded
             if self.start_after:
                 pause = self.start_after - time.monotonic()
                 if pause <= 0:

@@ -3,12 +3,15 @@
 The manager's side that receives: read and decode result frames, settle
 futures (outside dispatch_lock), notice a worker's death and fail, requeue
 or break accordingly, enforce deadlines (task timeouts, terminate_task, an
-exiting worker's grace) and break the pool. A mixin of Manager: these
-methods run in the manager thread (``_decode`` and ``_protocol_error`` also in
-a hand-off, under dispatch_lock, see _handoff). They write the lanes'
-``inflight`` (pop), ``state`` (to DEAD), ``mark``, ``recycle``, ``acked``,
-``fatal``, ``kill_reason``; ``completed``, ``failed``, ``cancelled``, ``keep``,
-``broken``, the window, and ``pending`` (requeued calls go first). A result frame
+exiting worker's grace), take back the calls queued behind a stuck worker's
+head for an idle one (``_unstrand``, through the lanes' claim words, see
+_lanes) and break the pool. A mixin of Manager: these methods run in the
+manager thread (``_decode`` and ``_protocol_error`` also in a hand-off, under
+dispatch_lock, see _handoff). They write the lanes' ``inflight`` (pop),
+``state`` (to DEAD), ``mark``, ``recycle``, ``acked``, ``fatal``,
+``kill_reason``, ``stalled``, ``swept`` and ``quota`` (revoked calls give it
+back); ``completed``, ``failed``, ``cancelled``, ``keep``, ``broken``, the
+window, and ``pending`` (requeued calls go first). A result frame
 flagged OOB is decoded by its lane's channel (_payloads: big buffers in shared
 memory); a dead lane's channel is closed with its fds (held views stay valid).
 """
@@ -51,6 +54,12 @@ EARLY_DEATH_PAUSE = 0.05
 # How long a worker asked to exit may take before it is killed (seconds),
 # counted from the moment its last call is done.
 EXIT_GRACE = 5.0
+# A worker whose head call has run this long (seconds), or STRAND_CALLS times
+# the estimated call time if longer, gives back the calls queued behind it
+# when another worker idles (see _unstrand). Far above a round trip and any
+# scheduling hiccup, far below what a caller notices.
+STRAND_AFTER = 0.05
+STRAND_CALLS = 8
 
 
 def _unpickling_error(kind: int, tid: int, err: BaseException) -> CallUnpicklingError:
@@ -190,6 +199,7 @@ class Outcomes:
                     elif kind == frames.KIND_READY:
                         w.mark = time.monotonic()  # the head call starts now
                         w.ready = True
+                        w.stalled = False
                         self.early_deaths = 0
                     elif kind == frames.KIND_EXIT_ACK:
                         w.acked = True
@@ -205,6 +215,7 @@ class Outcomes:
             self.failed += failed
         if k:
             now = time.monotonic()
+            w.stalled = False  # it answers: see _lanes
             if not inflight:
                 w.exit_at = now
             self.window.observe((now - w.mark) / k, bool(inflight))
@@ -451,6 +462,70 @@ class Outcomes:
                 self._signal(w, signal.SIGKILL)
             elif best is None or due < best:
                 best = due
+        return None if best is None else best - now
+
+    def _unstrand(self) -> float | None:
+        """Take back the calls queued in a stuck worker's window while another
+        worker idles; return the seconds until it should be looked at again
+        (None: no need).
+
+        A worker is stuck when its head call has run STRAND_AFTER (or
+        STRAND_CALLS times the estimated call time, if longer) and it holds
+        calls it has not started, sent since its last revoke (a long call
+        alone is looked at once, not again and again). Its calls not started are revoked
+        (see _lanes) and go first in line again, for the idle worker; the call
+        it runs is left alone, however long it takes (as the standard library
+        does). Checked when the manager is about to sleep, not per call.
+        """
+        workers = self.workers
+        if len(workers) < 2:
+            return None
+        best = None
+        now = time.monotonic()
+        limit = STRAND_CALLS * self.window.service_time
+        if limit < STRAND_AFTER:
+            limit = STRAND_AFTER
+        idle = None
+        for w in workers:
+            if (
+                not w.inflight
+                or w.sent == w.swept
+                or w.claim is None
+                or w.state is DEAD
+                or w.kill_reason is not None
+            ):
+                continue
+            due = w.mark + limit
+            if now < due:
+                if best is None or due < best:
+                    best = due
+                continue
+            if w.all_claimed():
+                # Nothing to take back (a long call with none queued behind
+                # it): no need to look again until more is sent to it.
+                w.swept = w.sent
+                continue
+            if idle is None:
+                idle = any(
+                    x.state is UP
+                    and not x.inflight
+                    and not x.stalled
+                    and not x.recycle
+                    and x.quota != 0
+                    for x in workers
+                )
+            if not idle:
+                # Look again later: a worker may free up unseen (help() reads
+                # results with the manager asleep).
+                due = now + limit
+                if best is None or due < best:
+                    best = due
+                continue
+            taken = w.revoke()
+            if taken:
+                for task in taken:
+                    task.where = None  # not on w any more: nothing to help() read there
+                self._requeue(taken)
         return None if best is None else best - now
 
 

@@ -19,9 +19,10 @@ Releases also ride on small frames, whenever some are waiting.
 
 Who calls what: the parent's dispatch (``encode`` for a call, in the manager
 thread or a hand-off under dispatch_lock) and outcomes (``loads`` for a
-result); the worker's loop (``loads`` for a call, ``encode`` and ``wrap`` for
-a result). One Channel per end, used by one thread at a time. ``close`` when
-the worker is gone: the parent's views of its results stay valid (each keeps
+result); the worker's loop (``loads`` for a call, ``discard`` for a call it
+may not run, see _lanes' claim word; ``encode`` and ``wrap`` for a result).
+One Channel per end, used by one thread at a time. ``close`` when the worker
+is gone: the parent's views of its results stay valid (each keeps
 its mapping), its calls' arena goes, and a replacement gets a new Channel.
 """
 
@@ -210,6 +211,32 @@ class Channel:
         """The object of an OOB frame's payload (a bytes-like), its fds taken from
         the socket, its releases applied. Raises what unpickling raises, or
         pickle.UnpicklingError for a malformed header."""
+        desc, inner, fds = self._open(buf)
+        if desc:
+            rx = self.rx if self.rx is not None else self._receiver(None)
+            return rx.loads(inner, desc, fds)
+        for fd in fds:
+            os.close(fd)
+        return marshal.loads(inner) if marshalled else pickle.loads(inner)
+
+    def discard(self, buf: Any) -> None:
+        """An OOB frame's payload that will never be loaded (a call revoked from
+        this worker, see _lanes): its fds are taken from the socket, its
+        releases applied, and its buffers' slots released at once, so the
+        channel stays in step and the other end gets its arena back. Raises
+        pickle.UnpicklingError for a malformed header (the channel is broken)."""
+        desc, _inner, fds = self._open(buf)
+        if desc:
+            rx = self.rx if self.rx is not None else self._receiver(None)
+            rx.discard(desc, fds)
+        else:
+            for fd in fds:
+                os.close(fd)
+
+    def _open(self, buf: Any) -> tuple[bytes, Any, list[int]]:
+        """An OOB frame's header applied (its fds received, a new arena of the
+        other end taken, its releases done): (descriptors, the payload after the
+        header, the fds left for the descriptors: the caller's to close)."""
         try:
             new, nrel, ndesc, nfds = _OOB.unpack_from(buf)
         except struct.error:
@@ -233,14 +260,7 @@ class Channel:
             for fd in fds:
                 os.close(fd)
             raise
-        desc = bytes(buf[at + nrel : end])
-        inner = buf[end:]
-        if desc:
-            rx = self.rx if self.rx is not None else self._receiver(None)
-            return rx.loads(inner, desc, fds)
-        for fd in fds:
-            os.close(fd)
-        return marshal.loads(inner) if marshalled else pickle.loads(inner)
+        return bytes(buf[at + nrel : end]), buf[end:], fds
 
     def lost(self) -> None:
         """The other end is gone: no release will come, every slot is free again."""

@@ -47,6 +47,7 @@ class Task:
         "oob",
         "owner",
         "payload",
+        "seq",
         "started",
         "t0",
         "tid",
@@ -77,6 +78,7 @@ class Task:
         self.t0 = 0.0  # when its worker said it started (calls with a deadline)
         self.owner = owner  # the pool's manager (a submitted call): terminate_task checks it
         self.where: Lane | None = None  # the worker submit wrote it to itself (direct)
+        self.seq = 0  # its frame's number on the lane that holds it (see _lanes)
         # A call with big buffers: its pickle without them (payload holds its
         # bytes) and views of them, placed in its worker's arena at dispatch;
         # args then holds (None, fn, args, kwargs), for an in-band pickle if need be.

@@ -3,7 +3,9 @@
 Read what the call pipe has, decode every complete frame, run each call in
 order, pickle the result or the exception (with its traceback text) and write
 the results back, several in one write when they come quickly. A chunk of
-the default map is answered by one frame: its results as one list. An EXIT frame
+the default map is answered by one frame: its results as one list. Each CALL
+or BATCH frame is claimed on the worker's claim word before it runs (see
+_lanes): one the parent took back meanwhile is skipped, never run. An EXIT frame
 is answered with EXIT_ACK and a normal exit; end of file on the call pipe
 means the parent is gone, and the worker exits at once.
 """
@@ -28,6 +30,7 @@ from typing import Any
 
 from . import _frames as frames
 from ._errors import CallUnpicklingError
+from ._lanes import map_claim
 from ._native import lib, rss
 from ._payloads import DEFAULT_ARENA_SIZE, THRESHOLD, Channel, has_big_bytes, pickle_big
 
@@ -128,9 +131,11 @@ def main(
     config: WorkerConfig,
     deathsig: bool = True,
     side: InheritFd | None = None,
+    claim: InheritFd | None = None,
 ) -> None:
     """Entry point of a worker process (the target of its Process). side: its
-    end of the socket that carries shared-memory fds (see _payloads)."""
+    end of the socket that carries shared-memory fds (see _payloads); claim:
+    its claim word's segment (see _lanes)."""
     call_fd, result_fd = call.fd, result.fd
     for fd in (call_fd, result_fd):
         os.set_inheritable(fd, False)
@@ -140,6 +145,12 @@ def main(
         os.set_inheritable(side.fd, False)
         os.set_blocking(side.fd, True)
         chan = Channel(side.fd, config.arena_size, mapped=True)
+    claims = None
+    if claim is not None:
+        try:
+            claims = Claims(map_claim(claim.fd))
+        finally:
+            os.close(claim.fd)
     _die_with_parent(deathsig)
     out = frames.Writer(result_fd)
     try:
@@ -159,11 +170,22 @@ def main(
             import cloudpickle
 
             dumps = cloudpickle.dumps
-        _loop(call_fd, out, config.max_memory, chan, dumps)
+        _loop(call_fd, out, config.max_memory, chan, dumps, claims)
     except BrokenPipeError:
         # Our result pipe has no reader: the parent is gone, or never took our
         # fds (it had none free). Nothing is listening; exit without a traceback.
         os._exit(0)
+
+
+class Claims:
+    """This worker's claim word (see _lanes) and the number of the last call
+    (CALL or BATCH) frame read: it runs only once claimed (main thread only)."""
+
+    __slots__ = ("seq", "word")
+
+    def __init__(self, word: Any) -> None:
+        self.word = word
+        self.seq = 0
 
 
 def _loop(
@@ -172,9 +194,11 @@ def _loop(
     max_memory: int | None,
     chan: Channel | None,
     dumps: Callable = pickle.dumps,
+    claims: Claims | None = None,
 ) -> None:
     """Read, run and answer calls until an exit frame (dumps pickles the results;
-    chan: the worker's shared memory, None where there is none)."""
+    chan: the worker's shared memory, None where there is none; claims: its
+    claim word, None where there is none: every call runs)."""
     dec = frames.Decoder()
     loads, proto = pickle.loads, pickle.HIGHEST_PROTOCOL
     take, read_frames = dec.take, dec.read_frames
@@ -200,7 +224,7 @@ def _loop(
         if n == 0:
             os._exit(0)  # the parent is gone
         while meta:
-            if _run_frames(meta, view, out, loads, dumps, proto, rss, max_memory, chan):
+            if _run_frames(meta, view, out, loads, dumps, proto, rss, max_memory, chan, claims):
                 return
             if dec.drained(meta):
                 break
@@ -208,19 +232,32 @@ def _loop(
         out.flush()
 
 
-def _run_frames(meta, view, out, loads, dumps, proto, rss, max_memory, chan=None) -> bool:
+def _run_frames(
+    meta, view, out, loads, dumps, proto, rss, max_memory, chan=None, claims=None
+) -> bool:
     """Run every call of one batch of frames; True when an exit frame came.
 
     Each call's result is written at once: a result held back would die with
     the worker if the next call crashed, and the parent would then blame the
     wrong call. Only map batches flagged HOLD may hold results back.
+
+    Each CALL or BATCH frame is claimed first (see _lanes): one the parent
+    took back is skipped, with nothing sent for it (a STARTED frame neither);
+    its big buffers' slots, if any, are released.
     """
     KIND_CALL, KIND_BATCH = frames.KIND_CALL, frames.KIND_BATCH
     MASK, SHIFT = frames.KIND_MASK, frames.FLAG_SHIFT
     OOB = frames.FLAG_OOB
     send = out.send
+    claim = lib.px_claim
     for word, tid, off, size in frames.Decoder.each(meta):
         kind = word & MASK
+        if claims is not None and (kind == KIND_CALL or kind == KIND_BATCH):
+            claims.seq = seq = (claims.seq + 1) & 0xFFFFFFFF
+            if not claim(claims.word, seq):
+                if word >> SHIFT & OOB and chan is not None:
+                    chan.discard(view[off : off + size])
+                continue
         if kind == KIND_CALL:
             buf = view[off : off + size]
             if word >> SHIFT & frames.FLAG_STARTED:

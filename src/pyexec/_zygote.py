@@ -1,19 +1,19 @@
 """The fork zygote: workers forked from a single-threaded copy of the parent.
 
-Under fork, the parent is forked once, into a *zygote*, while no pyexec thread runs
-(before the manager thread starts). The zygote is single-threaded; it forks
+Under fork, the parent is forked once, into a *zygote*, while no pyexec thread
+runs (before the manager thread starts). The zygote is single-threaded; it forks
 the workers asked for later (more as the backlog grows, and replacements), and
-hands the parent each worker's pipe ends and sentinel over a unix socket
-(SCM_RIGHTS). So workers inherit the parent's state as of the first submit, as
-the standard library's fork workers do, and replacing a worker never forks a
-multi-threaded process. The first worker is forked by the parent itself, just
-before the zygote: one forked by a fresh zygote reached its loop about 1 ms
-later (two forks in a row, each child first paying its copy-on-write faults,
-some 250 of 4-5 us each here). That worker's parent is the thread that called
-submit(), which may end before the pool, so it cannot ask the kernel for a
-parent-death signal; the zygote holds a pidfd of it instead and kills it, with
-its own workers, when the pool's process is gone (Linux; elsewhere the zygote
-forks every worker).
+hands the parent each worker's pipe ends, sentinel, fd socket and claim word's
+segment over a unix socket (SCM_RIGHTS). So workers inherit the parent's state
+as of the first submit, as the standard library's fork workers do, and replacing
+a worker never forks a multi-threaded process. The first worker is forked by the
+parent itself, just before the zygote: one forked by a fresh zygote reached its
+loop about 1 ms later (two forks in a row, each child first paying its
+copy-on-write faults, some 250 of 4-5 us each here). That worker's parent is the
+thread that called submit(), which may end before the pool, so it cannot ask the
+kernel for a parent-death signal; the zygote holds a pidfd of it instead and
+kills it, with its own workers, when the pool's process is gone (Linux;
+elsewhere the zygote forks every worker).
 
 The parent's side (ZygoteLauncher) belongs to the manager thread once
 attached; the zygote's side (_zygote) is the zygote process's one thread.
@@ -45,6 +45,9 @@ from ._worker import WorkerConfig
 
 # zygote <-> parent records: a command byte and two int32s.
 REC = struct.Struct("<Bii")
+# The fds a WORKER record carries: its call pipe's write end, its result pipe's
+# read end, its sentinel, its socket's parent end, its claim segment.
+WORKER_FDS = 5
 
 
 class Cmd(IntEnum):
@@ -53,7 +56,7 @@ class Cmd(IntEnum):
     START = ord("S")  # parent -> zygote: fork one more worker
     QUIT = ord("Q")  # parent -> zygote: exit once your workers are gone
     KILL = ord("K")  # parent -> zygote: signal worker pid with sig
-    WORKER = ord("W")  # zygote -> parent: a new worker (pid; its 4 fds attached)
+    WORKER = ord("W")  # zygote -> parent: a new worker (pid; its 5 fds attached)
     EXITED = ord("X")  # zygote -> parent: worker pid exited with code
     FAILED = ord("F")  # zygote -> parent: a START failed with errno code
 
@@ -181,7 +184,7 @@ class ZygoteLauncher:
         """
         self._sock.settimeout(timeout)
         try:
-            data, fds, flags, _addr = socket.recv_fds(self._sock, REC.size, 4)
+            data, fds, flags, _addr = socket.recv_fds(self._sock, REC.size, WORKER_FDS)
         except ConnectionResetError:  # it died with a request of ours unread
             data, fds = b"", []
         finally:
@@ -193,7 +196,7 @@ class ZygoteLauncher:
             self.dead = True
             return False  # the zygote is gone
         cmd, pid, code = REC.unpack(data)
-        if cmd == Cmd.WORKER and (flags & socket.MSG_CTRUNC or len(fds) != 4):
+        if cmd == Cmd.WORKER and (flags & socket.MSG_CTRUNC or len(fds) != WORKER_FDS):
             # The kernel could not give us all of the worker's fds: this process
             # has no fd free (EMFILE, or ENFILE system-wide). The worker cannot
             # be used: close what came, have it killed, tell the manager.
@@ -210,11 +213,11 @@ class ZygoteLauncher:
                 "could not be received",
             )
         elif cmd == Cmd.WORKER:
-            call_w, res_r, sentinel, side = fds
+            call_w, res_r, sentinel, side, claim = fds
             for fd in fds:  # recvmsg does not set close-on-exec
                 os.set_inheritable(fd, False)
             _fds.own_fd(sentinel)
-            self._ready.append(Lane(pid, call_w, res_r, sentinel, None, side))
+            self._ready.append(Lane(pid, call_w, res_r, sentinel, None, side, claim))
         elif cmd == Cmd.FAILED:
             self.failure = OSError(
                 code, f"{os.strerror(code)}: pyexec's fork zygote (pid {self.pid}) could not fork"
@@ -354,16 +357,19 @@ def _fork_worker(ctx: Any, sock: socket.socket, config: WorkerConfig) -> tuple[i
     The sentinel is a pidfd where there are (see _launch), for both."""
     signal.signal(signal.SIGINT, signal.default_int_handler)  # the zygote ignores it
     try:
-        proc, call_w, res_r, side = start_process(ctx, config)
+        proc, call_w, res_r, side, claim = start_process(ctx, config)
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     sentinel = pidfd(proc.pid)
     if sentinel < 0:
         sentinel = proc.sentinel
     try:
-        socket.send_fds(sock, [REC.pack(Cmd.WORKER, proc.pid, 0)], [call_w, res_r, sentinel, side])
+        socket.send_fds(
+            sock, [REC.pack(Cmd.WORKER, proc.pid, 0)], [call_w, res_r, sentinel, side, claim]
+        )
     finally:
         _fds.close_fd(call_w)
         _fds.close_fd(res_r)
         _fds.close_fd(side)
+        _fds.close_fd(claim)
     return sentinel, proc

@@ -1,7 +1,8 @@
 /*
  * test_arena.c - tests of the arena part of the C core (csrc/arena.c)
  * without Python: segments, mappings, the slot table (one test per edge
- * case) and fd passing.
+ * case), fd passing and the claim word (claim against revoke, also from
+ * two threads at once).
  *
  * tests/test_sanitizers.py builds it with AddressSanitizer and
  * UndefinedBehaviorSanitizer and runs each test on its own:
@@ -20,6 +21,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -617,6 +619,130 @@ static void test_overflow_path(void) {
     CHECK(same);
 }
 
+/* ---- claims ------------------------------------------------------------ */
+
+#define T_WORD(claimed, skip) (((uint64_t)(skip) << 32) | (uint32_t)(claimed))
+
+static void test_claim_then_revoke(void) {
+    /* Through a real segment, two mappings: as the worker and parent see it. */
+    int fd = px_shm_new(PX_CLAIM_SIZE);
+    CHECK(fd >= 0);
+    void *worker = NULL, *parent = NULL;
+    CHECK_EQ(px_map(fd, PX_CLAIM_SIZE, PX_MAP_SEALED, &worker), 0);
+    CHECK_EQ(px_map(fd, PX_CLAIM_SIZE, PX_MAP_SEALED, &parent), 0);
+    CHECK_EQ(px_close(fd), 0);
+    CHECK_EQ(px_claim_peek(parent), 0);
+    CHECK_EQ(px_claim(worker, 1), 1);
+    CHECK_EQ(px_claim(worker, 2), 1);
+    CHECK_EQ(px_claim_peek(parent), T_WORD(2, 2));
+    /* Calls 3..6 sent; the worker runs 2: 3..6 are revoked. */
+    CHECK_EQ(px_revoke(parent, 6), 2);
+    CHECK_EQ(px_claim_peek(worker), T_WORD(2, 6));
+    for (uint32_t k = 3; k <= 6; k++) CHECK_EQ(px_claim(worker, k), 0);
+    CHECK_EQ(px_claim_peek(parent), T_WORD(2, 6)); /* a refusal changes nothing */
+    /* Calls sent after the revoke run as usual. */
+    CHECK_EQ(px_claim(worker, 7), 1);
+    CHECK_EQ(px_claim_peek(parent), T_WORD(7, 7));
+    /* A revoke with nothing beyond the claimed call revokes nothing. */
+    CHECK_EQ(px_revoke(parent, 7), 7);
+    CHECK_EQ(px_claim(worker, 8), 1);
+    /* The head not yet claimed is revoked too. */
+    CHECK_EQ(px_revoke(parent, 10), 8);
+    CHECK_EQ(px_claim(worker, 9), 0);
+    CHECK_EQ(px_claim(worker, 10), 0);
+    CHECK_EQ(px_claim(worker, 11), 1);
+    CHECK_EQ(px_unmap(worker, PX_CLAIM_SIZE), 0);
+    CHECK_EQ(px_unmap(parent, PX_CLAIM_SIZE), 0);
+}
+
+static void test_claim_wraps(void) {
+    /* Numbers are modulo 2^32: a revoke across the wrap, claims across it. */
+    uint64_t word = T_WORD(0xFFFFFFFDu, 0xFFFFFFFDu);
+    CHECK_EQ(px_claim(&word, 0xFFFFFFFEu), 1);
+    CHECK_EQ(px_revoke(&word, 2), 0xFFFFFFFEu);
+    CHECK_EQ(px_claim(&word, 0xFFFFFFFFu), 0);
+    CHECK_EQ(px_claim(&word, 0), 0);
+    CHECK_EQ(px_claim(&word, 1), 0);
+    CHECK_EQ(px_claim(&word, 2), 0);
+    CHECK_EQ(px_claim(&word, 3), 1);
+    CHECK_EQ(px_claim_peek(&word), T_WORD(3, 3));
+}
+
+static void test_claim_drags_skip(void) {
+    /* A SKIP behind the claim is brought along to it, so it never falls 2^31
+     * behind (where it would look ahead, modulo 2^32, and revoke). */
+    uint64_t word = T_WORD(100, 3);
+    CHECK_EQ(px_claim(&word, 101), 1);
+    CHECK_EQ(px_claim_peek(&word), T_WORD(101, 101));
+    for (uint32_t k = 0x7FFFFF00u; k != 0x80000100u; k++) CHECK_EQ(px_claim(&word, k), 1);
+    CHECK_EQ(px_claim_peek(&word), T_WORD(0x800000FFu, 0x800000FFu));
+    /* A SKIP ahead of the claim is kept. */
+    word = T_WORD(10, 10);
+    CHECK_EQ(px_revoke(&word, 12), 10);
+    CHECK_EQ(px_claim(&word, 11), 0);
+    CHECK_EQ(px_claim(&word, 12), 0);
+    CHECK_EQ(px_claim(&word, 13), 1);
+    CHECK_EQ(px_claim_peek(&word), T_WORD(13, 13));
+}
+
+/* Two threads, as worker and parent: the worker claims 1..T_CALLS in order as
+ * they are "sent"; the parent sends in bursts and revokes everything beyond
+ * the claimed call now and then. Every call must end claimed or revoked,
+ * never both, never neither. */
+#define T_CALLS 200000u
+
+typedef struct {
+    uint64_t word;
+    uint32_t sent;      /* atomic: calls sent so far */
+    uint8_t *claimed;   /* [seq]: the worker's px_claim said 1 */
+} t_race;
+
+static void *t_claimer(void *arg) {
+    t_race *r = (t_race *)arg;
+    for (uint32_t seq = 1; seq <= T_CALLS; seq++) {
+        while (__atomic_load_n(&r->sent, __ATOMIC_ACQUIRE) < seq) {
+        }
+        r->claimed[seq] = (uint8_t)px_claim(&r->word, seq);
+    }
+    return NULL;
+}
+
+static void test_claim_against_revoke_two_threads(void) {
+    t_race r;
+    memset(&r, 0, sizeof(r));
+    r.claimed = calloc(T_CALLS + 1, 1);
+    uint8_t *revoked = calloc(T_CALLS + 1, 1);
+    CHECK(r.claimed != NULL && revoked != NULL);
+    pthread_t t;
+    CHECK_EQ(pthread_create(&t, NULL, t_claimer, &r), 0);
+    uint64_t seed = 0x9E3779B97F4A7C15ULL;
+    uint32_t sent = 0, revokes = 0;
+    while (sent < T_CALLS) {
+        seed ^= seed << 13, seed ^= seed >> 7, seed ^= seed << 17;
+        uint32_t burst = 1 + (uint32_t)(seed % 8);
+        if (burst > T_CALLS - sent) burst = T_CALLS - sent;
+        sent += burst;
+        __atomic_store_n(&r.sent, sent, __ATOMIC_RELEASE);
+        if (seed >> 60 == 0) { /* one time in 16: revoke what is queued */
+            uint32_t c = px_revoke(&r.word, sent);
+            CHECK(c <= sent);
+            for (uint32_t k = c + 1; k <= sent; k++) revoked[k] = 1;
+            revokes++;
+        }
+    }
+    CHECK_EQ(pthread_join(t, NULL), 0);
+    uint32_t bad = 0, ran = 0;
+    for (uint32_t k = 1; k <= T_CALLS; k++) {
+        if (r.claimed[k] == revoked[k]) bad++;
+        ran += r.claimed[k];
+    }
+    free(r.claimed);
+    free(revoked);
+    CHECK_EQ(bad, 0);
+    CHECK(revokes > 0);
+    CHECK(ran > 0 && ran < T_CALLS);
+}
+
 #define TESTS(X)                                        \
     X(shm_new_bad_sizes)                                \
     X(shm_new_sealed_and_cloexec)                       \
@@ -644,6 +770,10 @@ static void test_overflow_path(void) {
     X(recv_fds_truncated)                               \
     X(recv_fds_data_only_and_eof)                       \
     X(send_fds_peer_gone)                               \
-    X(overflow_path)
+    X(overflow_path)                                  \
+    X(claim_then_revoke)                              \
+    X(claim_wraps)                                    \
+    X(claim_drags_skip)                               \
+    X(claim_against_revoke_two_threads)
 
 HARNESS_MAIN(TESTS)
