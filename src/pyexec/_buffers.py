@@ -511,9 +511,11 @@ class Sender:
             os.close(fd)
 
 
+@functools.cache
 def _uninitialized_bytes() -> Callable[[None, int], bytes] | None:
     """PyBytes_FromStringAndSize(NULL, n) through ctypes: a bytes object of n bytes
-    whose memory is malloc'ed but not written yet (None where ctypes cannot give it)."""
+    whose memory is malloc'ed but not written yet (None where ctypes cannot give it).
+    Looked up at the first big bytes received: ctypes is not imported before."""
     try:
         import ctypes
 
@@ -525,9 +527,6 @@ def _uninitialized_bytes() -> Callable[[None, int], bytes] | None:
     return make
 
 
-_new_bytes = _uninitialized_bytes()
-
-
 def _copy_bytes(ptr: Any, n: int) -> bytes:
     """A new bytes object holding the n bytes at ptr.
 
@@ -536,9 +535,10 @@ def _copy_bytes(ptr: Any, n: int) -> bytes:
     copy), and ``bytes(buffer)`` pays them holding the GIL, so the receiving thread
     stalled every other thread of the process for as long. The new object is ours
     alone until returned: nothing else can see it, nor its hash, while it is filled."""
-    if _new_bytes is None:  # pragma: no cover - not CPython
+    make = _uninitialized_bytes()
+    if make is None:  # pragma: no cover - not CPython
         return bytes(ffi.buffer(ptr, n))
-    out = _new_bytes(None, n)
+    out = make(None, n)
     lib.px_copy(ffi.from_buffer(out), ptr, n)
     return out
 
