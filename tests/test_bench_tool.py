@@ -197,3 +197,33 @@ def test_map_unordered_row_turns_on_when_pyexec_map_has_unordered(monkeypatch):
     finally:
         pool.close()
     assert seen == [True]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="memfloor.c needs memfd_create")
+def test_memory_floor_program(tmp_path):
+    """`python -m pyexec.bench.floor` builds memfloor.c, times every measure (positive,
+    finite) and prints the floors of the big rows."""
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"))  # compiles afresh
+    code = (
+        "import json, sys; from pyexec.bench import floor;"
+        "m = floor.memory_floor(1, 3); print(json.dumps(m));"
+        "print(json.dumps(floor.big_payload_floors(m)) if m else 'null')"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=100, env=env
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    measures, floors = (json.loads(line) for line in proc.stdout.splitlines())
+    if measures is None:
+        pytest.skip("no C compiler here")
+    from pyexec.bench.floor import MEMORY_MEASURES
+
+    assert list(measures) == list(MEMORY_MEASURES)
+    assert all(0 < v < 10_000 and math.isfinite(v) for v in measures.values())
+    assert all(0 < v and math.isfinite(v) for v in floors.values())
+    main = subprocess.run(
+        [sys.executable, "-m", "pyexec.bench.floor"], capture_output=True, text=True,
+        timeout=100, env=env,
+    )  # fmt: skip
+    assert main.returncode == 0 and "big-array calls/s" in main.stdout, main.stderr

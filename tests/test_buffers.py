@@ -637,3 +637,51 @@ def test_prefault_in_a_thread() -> None:
     assert np.array_equal(got, np.arange(200_000))
     receiver.close()
     sender.close()
+
+
+def _rss_shmem() -> int:
+    """This process's resident shared-memory pages, in bytes (RssShmem)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssShmem:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no RssShmem in /proc/self/status")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs /proc")
+def test_overflow_segment_is_mapped_lazily() -> None:
+    """A received overflow segment is not faulted in at map time (its pages exist: a
+    read maps them 16 at a time for less than populating costs); a view costs memory
+    here only as far as it is read, and reads right."""
+    link = Link(size=1 * MIB)
+    try:
+        want = np.arange(8 * MIB // 8, dtype=np.float64)
+        before = _rss_shmem()
+        got = link.send(want)
+        assert link.nfds == 1  # over half the arena: its message's own segment
+        assert _rss_shmem() - before < 2 * MIB  # 8 MiB when populated at map time
+        assert got[0] == 0 and got[-1] == want[-1]
+        assert _rss_shmem() - before < 2 * MIB  # two pages read, not all of them
+        assert np.array_equal(got, want)  # every page read: all there
+        assert _rss_shmem() - before >= 7 * MIB
+        del got
+    finally:
+        link.close()
+
+
+@pytest.mark.timeout(60)
+def test_big_bytes_copied_out_are_exact_and_their_own(pair) -> None:
+    """A big bytes is copied out of the arena into a new bytes object (the copy runs
+    with the GIL released): exact type, equal, hashed as its equal, and unchanged when
+    its slot is written again after the release."""
+    there, _ = pair
+    data = bytes(range(256)) * (MIB // 256)
+    got = there.send(data)
+    assert type(got) is bytes and got == data and hash(got) == hash(data)
+    assert got is not data
+    there.pump()
+    assert there.live() == 0
+    other = there.send(b"\xff" * MIB)  # the same slot, written again
+    assert got == data and other == b"\xff" * MIB
+    assert B._copy_bytes(ffi.from_buffer(data), len(data)) == data

@@ -155,6 +155,7 @@ def test_sdist_carries_what_the_build_needs(dists):
     assert "csrc/pyexec.h" in csrc and len(csrc) >= 4
     need = csrc | {"setup.py", "pyproject.toml", "MANIFEST.in", "src/pyexec/_build.py",
                    "src/pyexec/_version.py", "src/pyexec/bench/floor.c",
+                   "src/pyexec/bench/memfloor.c",
                    "src/pyexec/bench/__main__.py", "tests/smoke.py"}  # fmt: skip
     assert need <= names, f"missing from the sdist: {sorted(need - names)}"
     products = [n for n in names if n.endswith((".so", ".o", ".pyc")) or n == "src/pyexec/_core.c"]
@@ -178,7 +179,7 @@ def test_wheel_is_one_abi3_wheel_with_the_core(dists):
     # Every module of every package (pyexec.bench too), and the bench's C floor program.
     src = ROOT / "src"
     modules = {p.relative_to(src).as_posix() for p in (src / "pyexec").rglob("*.py")}
-    modules = (modules - {"pyexec/_build.py"}) | {"pyexec/bench/floor.c"}
+    modules = (modules - {"pyexec/_build.py"}) | {"pyexec/bench/floor.c", "pyexec/bench/memfloor.c"}
     assert "pyexec/bench/__main__.py" in modules
     assert modules <= names, f"missing from the wheel: {sorted(modules - names)}"
     # The builder needs csrc/, which a wheel does not carry.

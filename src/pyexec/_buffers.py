@@ -170,9 +170,14 @@ _segment_maps: deque[None] = deque()
 
 
 def _map_segment(fd: int, size: int) -> Any:
-    """A received overflow segment, mapped (it must be sealed) and counted."""
+    """A received overflow segment, mapped (it must be sealed) and counted.
+
+    Not faulted in at map time: its pages exist (the sender wrote them), and a read
+    fault maps 16 of them at once (fault-around), so reading a whole 8 MiB view
+    through lazy faults costs less here (1.3 ms) than MAP_POPULATE (0.9 ms) plus the
+    read (0.9 ms); a view read only in part costs only what is read."""
     out = ffi.new("void **")
-    _check(lib.px_map(fd, size, lib.PX_MAP_POPULATE | lib.PX_MAP_SEALED, out), "mapping a segment")
+    _check(lib.px_map(fd, size, lib.PX_MAP_SEALED, out), "mapping a segment")
     _segment_maps.append(None)
     return ffi.gc(ffi.cast("char *", out[0]), functools.partial(_unmap_segment, size))
 
@@ -506,6 +511,38 @@ class Sender:
             os.close(fd)
 
 
+@functools.cache
+def _uninitialized_bytes() -> Callable[[None, int], bytes] | None:
+    """PyBytes_FromStringAndSize(NULL, n) through ctypes: a bytes object of n bytes
+    whose memory is malloc'ed but not written yet (None where ctypes cannot give it).
+    Looked up at the first big bytes received: ctypes is not imported before."""
+    try:
+        import ctypes
+
+        make = ctypes.pythonapi.PyBytes_FromStringAndSize
+    except (ImportError, AttributeError, OSError):  # pragma: no cover - not CPython
+        return None
+    make.restype = ctypes.py_object
+    make.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)
+    return make
+
+
+def _copy_bytes(ptr: Any, n: int) -> bytes:
+    """A new bytes object holding the n bytes at ptr.
+
+    Written with the GIL released: most of what a big copy costs is the page faults of
+    memory never touched before (5 to 7 ms for 8 MiB on a VM, against 1 ms for the
+    copy), and ``bytes(buffer)`` pays them holding the GIL, so the receiving thread
+    stalled every other thread of the process for as long. The new object is ours
+    alone until returned: nothing else can see it, nor its hash, while it is filled."""
+    make = _uninitialized_bytes()
+    if make is None:  # pragma: no cover - not CPython
+        return bytes(ffi.buffer(ptr, n))
+    out = make(None, n)
+    lib.px_copy(ffi.from_buffer(out), ptr, n)
+    return out
+
+
 def _pwrite_all(fd: int, view: memoryview, off: int) -> None:
     """Write all of view at offset off of fd (os.pwrite releases the GIL)."""
     n = view.nbytes
@@ -624,8 +661,10 @@ class Receiver:
                 if type(pid) is not int or pid not in copies:
                     raise pickle.UnpicklingError(f"unknown buffer {pid!r}")
                 kind, ptr, n = copies[pid]
-                data = ffi.buffer(ptr, n)
-                made[pid] = obj = bytes(data) if kind & _WHAT == _BYTES else bytearray(data)
+                if kind & _WHAT == _BYTES:
+                    made[pid] = obj = _copy_bytes(ptr, n)
+                else:
+                    made[pid] = obj = bytearray(ffi.buffer(ptr, n))
                 return obj
 
             return _Unpickler(io.BytesIO(payload), views, copied).load()
