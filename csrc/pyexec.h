@@ -399,8 +399,8 @@ int64_t px_recv_fds(int sock, char *buf, uint64_t len, int *fds, int max_fds, in
 /* A claim word is 64 bits of shared memory (a segment of PX_CLAIM_SIZE bytes
  * of its own, one per worker: a cache line) that says which of the calls
  * sent to one worker it may still run. The parent numbers the calls it sends
- * to that worker 1, 2, ... (modulo 2^32; a BATCH frame is one call, all its
- * items), and the worker counts the frames it reads the same way. Low half: CLAIMED, the
+ * to that worker 1, 2, ... (modulo 2^32), and the worker counts the calls it
+ * reads the same way. Low half: CLAIMED, the
  * last call the worker started (written by the worker only). High half:
  * SKIP, written by the parent only: calls numbered up to SKIP and beyond
  * CLAIMED are revoked, never to be run by this worker. Both change only by

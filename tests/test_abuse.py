@@ -212,12 +212,6 @@ def test_calls_queued_behind_a_hung_call_run_elsewhere(ctx, tmp_path):
     assert Counter(log.read_text().split()) == Counter(str(i) for i in range(40))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 14.6f, not fixed: the items of one BATCH frame are claimed as one call "
-    "(a claim per item cost about a quarter of tiny-map's throughput), so the items "
-    "sent with a hung one in its batch wait for it",
-)
 @pytest.mark.timeout(120)
 def test_map_items_queued_behind_a_hung_item_run_elsewhere(ctx, tmp_path):
     """map(chunksize=1), whose items travel in batches: the items queued behind a

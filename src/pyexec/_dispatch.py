@@ -301,9 +301,11 @@ class Dispatch:
         else:
             flags = frames.FLAG_HOLD if self.on_crash == "break" else 0
         w.writer.push(frames.KIND_BATCH, batch[0].tid, payload, flags)
-        w.sent = seq = w.sent + 1  # one frame, one number: claimed or revoked as one
-        for task in batch:
+        seq = w.sent
+        for task in batch:  # each item is a call of its own on the claim word
+            seq += 1
             task.seq = seq
+        w.sent = seq
         w.inflight.extend(batch)
         return len(batch)
 

@@ -12,11 +12,10 @@ The claim word: each worker shares with the parent one 64-bit word (a
 segment of its own, made with its pipes and mapped by both; see px_claim in
 csrc/pyexec.h) that says which of the calls queued in its window it may still
 run. The parent numbers the calls it sends to a lane (``sent``, each task's
-``seq``): a CALL frame is one, a BATCH frame (a chunk of a map, or a run of
-map items) is one for all its items; the worker counts the frames it reads
-the same way and claims each one before it runs it. (Items of one BATCH
-frame behind an item that hangs stay with it: a claim per item cost a
-quarter of tiny-map's throughput, the cffi call per item.) The parent (the manager
+``seq``): a CALL frame, a chunk's BATCH frame, each item of a per-item BATCH
+frame; the worker counts the calls it reads the same way and claims each one
+before it runs it (map items a few at a time: see _worker._run_batch; a claim
+through N claims every call up to N). The parent (the manager
 thread, under dispatch_lock) may revoke every call the worker has not claimed
 yet (``revoke``), whatever state the worker is in -- stopped by SIGSTOP, or
 stuck in a call that never returns -- and send those calls to other workers:
@@ -156,9 +155,8 @@ class Lane:
     def revoke(self) -> deque:
         """Take back every call the worker has not started (see the module's
         docstring): they leave ``inflight``, in order, and are returned. What
-        stays is what it claimed (its head, running or done, the other items
-        of its batch frame, and any call before it whose result is on its
-        way)."""
+        stays is what it claimed (its head, running or done, the map items
+        claimed with it, and any call before it whose result is on its way)."""
         self.swept = self.sent
         claimed = lib.px_revoke(self.claim, self.sent & SEQ_MASK)
         inflight = self.inflight

@@ -3,9 +3,9 @@
 Read what the call pipe has, decode every complete frame, run each call in
 order, pickle the result or the exception (with its traceback text) and write
 the results back, several in one write when they come quickly. A chunk of
-the default map is answered by one frame: its results as one list. Each CALL
-or BATCH frame is claimed on the worker's claim word before it runs (see
-_lanes): one the parent took back meanwhile is skipped, never run. An EXIT frame
+the default map is answered by one frame: its results as one list. Each call
+frame is claimed on the worker's claim word before it runs (see _lanes): one
+the parent took back meanwhile is skipped, never run. An EXIT frame
 is answered with EXIT_ACK and a normal exit; end of file on the call pipe
 means the parent is gone, and the worker exits at once.
 """
@@ -30,7 +30,7 @@ from typing import Any
 
 from . import _frames as frames
 from ._errors import CallUnpicklingError
-from ._lanes import map_claim
+from ._lanes import SEQ_MASK, map_claim
 from ._native import lib, rss
 from ._payloads import DEFAULT_ARENA_SIZE, THRESHOLD, Channel, has_big_bytes, pickle_big
 
@@ -179,7 +179,7 @@ def main(
 
 class Claims:
     """This worker's claim word (see _lanes) and the number of the last call
-    (CALL or BATCH) frame read: it runs only once claimed (main thread only)."""
+    frame read: a call runs only once claimed (main thread only)."""
 
     __slots__ = ("seq", "word")
 
@@ -241,7 +241,8 @@ def _run_frames(
     the worker if the next call crashed, and the parent would then blame the
     wrong call. Only map batches flagged HOLD may hold results back.
 
-    Each CALL or BATCH frame is claimed first (see _lanes): one the parent
+    Each call is claimed first (see _lanes): a CALL frame, a chunk's BATCH
+    frame, each item of a per-item BATCH frame (see _run_batch). One the parent
     took back is skipped, with nothing sent for it (a STARTED frame neither);
     its big buffers' slots, if any, are released.
     """
@@ -252,8 +253,8 @@ def _run_frames(
     claim = lib.px_claim
     for word, tid, off, size in frames.Decoder.each(meta):
         kind = word & MASK
-        if claims is not None and (kind == KIND_CALL or kind == KIND_BATCH):
-            claims.seq = seq = (claims.seq + 1) & 0xFFFFFFFF
+        if claims is not None and kind == KIND_CALL:
+            claims.seq = seq = (claims.seq + 1) & SEQ_MASK
             if not claim(claims.word, seq):
                 if word >> SHIFT & OOB and chan is not None:
                     chan.discard(view[off : off + size])
@@ -281,12 +282,19 @@ def _run_frames(
             call = loads(buf)
             del buf
             if len(call) == 3:  # a chunk of the default map: one result for all
+                if claims is not None:  # one call: one claim
+                    claims.seq = seq = (claims.seq + 1) & SEQ_MASK
+                    if not claim(claims.word, seq):
+                        del call
+                        continue
                 payload, rflags = _run_chunk(call, tid, dumps, proto, rss, max_memory)
                 del call
                 send(frames.KIND_RESULT, tid, payload, rflags)
                 del payload
             else:
-                _run_batch(call, word >> SHIFT, out.push, out.flush, dumps, proto, rss, max_memory)
+                _run_batch(
+                    call, word >> SHIFT, out.push, out.flush, dumps, proto, rss, max_memory, claims
+                )
                 del call
         elif kind == frames.KIND_EXIT:
             send(frames.KIND_EXIT_ACK, tid)
@@ -318,6 +326,11 @@ def _reraise(exc: BaseException) -> None:
     """Stands in for a call whose function or arguments could not be loaded."""
     raise exc
 
+
+# Map items are claimed in groups (see _run_batch): a group twice the last
+# one's size, up to CLAIM_GROUP_MAX items, once the last ran within this.
+CLAIM_GROUP_SECONDS = 0.001
+CLAIM_GROUP_MAX = 32
 
 # A map item's keyword arguments (none; shared: ** unpacking copies it).
 _NO_KWARGS: dict = {}
@@ -398,27 +411,57 @@ def _dumps_big(r, dumps, proto, chan: Channel) -> tuple[bytes, int, int]:
         return dumps(r, proto), frames.KIND_RESULT, 0
 
 
-def _run_batch(call, flags, push, flush, dumps, proto, rss, max_memory) -> None:
+def _run_batch(call, flags, push, flush, dumps, proto, rss, max_memory, claims=None) -> None:
     """Run the items of one map batch in order, one result frame each.
 
     The function and each item's arguments are separate pickles: one that
     cannot be unpickled fails its own items, not the worker. With hold set, a
     tiny item's result may wait (at most FLUSH_DELAY) to leave with the next.
+    Each item is a call of its own on the claim word (claims, see _lanes),
+    claimed in groups: one item at first, then twice as many each time a group
+    ran within CLAIM_GROUP_SECONDS (at most CLAIM_GROUP_MAX). A claim is a cffi
+    call; one per tiny item cost a quarter of tiny-map's throughput. So an item
+    that hangs holds only the items claimed with it, which followed a run of
+    fast ones. Once the parent took items back, the rest of the batch is
+    theirs too (it was sent whole): the results held are sent, and it ends.
     """
     tids, fn_pickle, arg_pickles, star = call
     loads = pickle.loads
     hold = flags & frames.FLAG_HOLD
     report = flags & frames.FLAG_STARTED
-    try:
-        fn = _load_args(loads, fn_pickle, tids[0])
-        fn_error = None
-    except BaseException as exc:
-        fn, fn_error = None, exc
+    fn = fn_error = None
+    loaded = False  # fn is unpickled for the first item that runs
+    claim = lib.px_claim
     held_since = 0.0
     flusher = _flusher
     last = len(tids) - 1
     kwargs = _NO_KWARGS if star else None
+    claimed = group = base = 0  # items claimed so far; the last group's size
+    group_start = 0.0
+    if claims is not None:
+        base = claims.seq  # the parent numbered every item: the batch is base+1..
+        claims.seq = (base + len(tids)) & SEQ_MASK
+    else:
+        claimed = len(tids)
     for j, tid in enumerate(tids):
+        if j == claimed:
+            now = monotonic()
+            fast = group and now - group_start < CLAIM_GROUP_SECONDS
+            group = min(group * 2, CLAIM_GROUP_MAX) if fast else 1
+            group_start = now
+            claimed = min(j + group, last + 1)
+            if not claim(claims.word, (base + claimed) & SEQ_MASK):
+                if held_since:  # no item comes after them in this batch
+                    flush()
+                    flusher.period += 1
+                break
+        if not loaded:
+            loaded = True
+            try:
+                fn = _load_args(loads, fn_pickle, tid)
+            except BaseException as exc:
+                fn_error = exc
+                del exc
         if report:
             push(frames.KIND_STARTED, tid)
             flush()
