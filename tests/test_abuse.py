@@ -11,6 +11,7 @@ when the timeout passes: a hang fails the test instead of the suite.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import errno
 import multiprocessing
 import os
@@ -21,6 +22,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -241,23 +243,31 @@ def _lines(path: Path) -> int:
         return 0
 
 
+@contextlib.contextmanager
+def _one_worker_stopped(ex: pyexec.ProcessPoolExecutor) -> Iterator[set[int]]:
+    """Both workers of ex up, their windows grown by tiny calls, then one of them
+    stopped by SIGSTOP until the block ends (then SIGCONT); yields both pids."""
+    pids = {f.result(timeout=60) for f in [ex.submit(pid_after, 0.3) for _ in range(2)]}
+    assert len(pids) == 2
+    list(ex.map(tiny, range(2000)))  # tiny calls: the windows grow
+    stopped = min(pids)
+    os.kill(stopped, signal.SIGSTOP)
+    try:
+        yield pids
+    finally:
+        os.kill(stopped, signal.SIGCONT)
+
+
 @pytest.mark.timeout(120)
 def test_calls_queued_in_a_stopped_worker_run_elsewhere(ctx, tmp_path):
     """A worker stopped by SIGSTOP (it can answer nothing) holds calls in its window:
     they must run on the other worker, and, once it is resumed, not again there."""
     log = tmp_path / "log"
     with pyexec.ProcessPoolExecutor(2, mp_context=ctx) as ex:
-        pids = {f.result(timeout=60) for f in [ex.submit(pid_after, 0.3) for _ in range(2)]}
-        assert len(pids) == 2
-        list(ex.map(tiny, range(2000)))  # tiny calls: the windows grow
-        stopped = min(pids)
-        os.kill(stopped, signal.SIGSTOP)
-        try:
+        with _one_worker_stopped(ex) as pids:
             calls = [ex.submit(append_id, str(log), i) for i in range(40)]
             _, not_done = cf.wait(calls, timeout=10)  # they take ms: 10 s is 1000x
             assert len(not_done) == 0, "calls stranded in the stopped worker"
-        finally:
-            os.kill(stopped, signal.SIGCONT)
         # Resumed, it works again (and reads the calls taken back from it).
         assert sorted(ex.map(tiny, range(100))) == list(range(100))
         assert ex.submit(pid_after, 0).result(timeout=60) in pids
@@ -272,17 +282,10 @@ def test_big_calls_queued_in_a_stopped_worker_run_elsewhere(ctx, tmp_path):
     log = tmp_path / "log"
     big = b"x" * (1 << 20)
     with pyexec.ProcessPoolExecutor(2, mp_context=ctx) as ex:
-        pids = {f.result(timeout=60) for f in [ex.submit(pid_after, 0.3) for _ in range(2)]}
-        assert len(pids) == 2
-        list(ex.map(tiny, range(2000)))  # tiny calls: the windows grow
-        stopped = min(pids)
-        os.kill(stopped, signal.SIGSTOP)
-        try:
+        with _one_worker_stopped(ex):
             calls = [ex.submit(log_len, str(log), i, big) for i in range(20)]
             _, not_done = cf.wait(calls, timeout=10)
             assert len(not_done) == 0, "calls stranded in the stopped worker"
-        finally:
-            os.kill(stopped, signal.SIGCONT)
         assert [f.result() for f in calls] == [len(big)] * 20
         # Resumed: big calls on both workers, many times its arena's quarter.
         more = [ex.submit(log_len, str(log), i, big) for i in range(20, 120)]
