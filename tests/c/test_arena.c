@@ -153,14 +153,20 @@ static void test_map_across_fork(void) {
     CHECK_EQ(px_close(fd), 0);
 }
 
-static void test_populate(void) {
-    const uint64_t size = 64 * 4096;
+/* Two mappings of one new segment of size bytes (its fd closed): what one
+ * writes, the other sees. */
+static void t_two_views(uint64_t size, unsigned char **a, unsigned char **b) {
     int fd = px_shm_new(size);
     CHECK(fd >= 0);
+    CHECK_EQ(px_map(fd, size, 0, (void **)a), 0);
+    CHECK_EQ(px_map(fd, size, 0, (void **)b), 0);
+    CHECK_EQ(px_close(fd), 0);
+}
+
+static void test_populate(void) {
+    const uint64_t size = 64 * 4096;
     unsigned char *a = NULL, *b = NULL;
-    CHECK_EQ(px_map(fd, size, 0, (void **)&a), 0);
-    CHECK_EQ(px_map(fd, size, 0, (void **)&b), 0);
-    px_close(fd);
+    t_two_views(size, &a, &b);
     memset(a, 4, size);
     int rc = px_populate(b, size); /* must not change what is there */
     int zero = px_populate(b, 0);
@@ -189,12 +195,8 @@ static void test_copy(void) {
  * outside whole pages are kept. */
 static void test_discard(void) {
     const uint64_t size = 16 * 4096;
-    int fd = px_shm_new(size);
-    CHECK(fd >= 0);
     unsigned char *a = NULL, *b = NULL;
-    CHECK_EQ(px_map(fd, size, 0, (void **)&a), 0);
-    CHECK_EQ(px_map(fd, size, 0, (void **)&b), 0);
-    px_close(fd);
+    t_two_views(size, &a, &b);
     memset(a, 9, size);
     /* From the middle of page 1 to the middle of page 5: pages 2..4 go. */
     int rc = px_discard(b + 4096 + 100, 4 * 4096);
