@@ -52,19 +52,9 @@
  */
 #include "../../csrc/frame.c"
 
-#include <time.h>
+#define FZ_NAME "fuzz_decoder"
+#include "fuzz_harness.h"
 
-#if defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define PX_FUZZ_ASAN 1
-#endif
-#endif
-#if defined(__SANITIZE_ADDRESS__)
-#define PX_FUZZ_ASAN 1
-#endif
-#if defined(PX_FUZZ_ASAN) && !defined(PX_LIBFUZZER)
-#include <sanitizer/common_interface_defs.h>
-#endif
 
 static const uint64_t fz_limits[] = {
     0, 1, 23, 24, 25, 100, 255, 256, 1000, 4095, 4096, 65535, 65536, 65537, 1 << 20,
@@ -74,32 +64,6 @@ static const uint64_t fz_limits[] = {
  * the write never blocks and one read takes it all. */
 #define FZ_PIPE_CHUNK 4096
 
-/* The input being run, for the crash dump. */
-static const uint8_t *fz_cur;
-static size_t fz_cur_size;
-
-static void fz_dump(void) {
-    if (fz_cur == NULL) return;
-    const char *dir = getenv("PYEXEC_FUZZ_CRASH_DIR");
-    char path[4096];
-    snprintf(path, sizeof(path), "%s/fuzz-crash-%d.bin", dir && *dir ? dir : ".",
-             (int)getpid());
-    FILE *f = fopen(path, "wb");
-    if (f == NULL) return;
-    fwrite(fz_cur, 1, fz_cur_size, f);
-    fclose(f);
-    fprintf(stderr, "fuzz_decoder: input saved to %s\n", path);
-}
-
-#define FZ_CHECK(cond)                                                        \
-    do {                                                                      \
-        if (!(cond)) {                                                        \
-            fprintf(stderr, "fuzz_decoder: %s:%d: check failed: %s\n",        \
-                    __FILE__, __LINE__, #cond);                               \
-            fz_dump();                                                        \
-            abort();                                                          \
-        }                                                                     \
-    } while (0)
 
 /* ---- the reference: the whole stream at once, the header spec read plainly */
 
@@ -309,8 +273,6 @@ static uint64_t fz_mix(uint64_t x) {
     return x;
 }
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (size < 2) return 0;
     fz_cur = data;
@@ -383,8 +345,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
 
 #ifndef PX_LIBFUZZER
 /* ---- the stand-alone mutation loop -------------------------------------- */
-
-#include <errno.h>
 
 static uint64_t rng_state;
 
@@ -525,69 +485,16 @@ static void mutate(gen_buf *b, gen_buf *other, size_t max_len) {
     }
 }
 
-static int replay(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (f == NULL) {
-        fprintf(stderr, "fuzz_decoder: cannot open %s: %s\n", path, strerror(errno));
-        return 1;
-    }
-    gen_buf b = {0};
-    uint8_t chunk[4096];
-    size_t k;
-    while ((k = fread(chunk, 1, sizeof(chunk), f)) > 0) gb_put(&b, chunk, k);
-    fclose(f);
-    LLVMFuzzerTestOneInput(b.p, b.n);
-    free(b.p);
-    printf("replayed %s: ok\n", path);
-    return 0;
-}
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
 
 int main(int argc, char **argv) {
-    double seconds = 10;
-    uint64_t iterations = 0, seed = (uint64_t)time(NULL);
-    size_t max_len = 64 * 1024;
-    int replayed = 0, rc = 0;
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--seconds") == 0 && i + 1 < argc) {
-            seconds = atof(argv[++i]);
-        } else if (strcmp(argv[i], "--iterations") == 0 && i + 1 < argc) {
-            iterations = strtoull(argv[++i], NULL, 10);
-        } else if (strcmp(argv[i], "--seed") == 0 && i + 1 < argc) {
-            seed = strtoull(argv[++i], NULL, 10);
-        } else if (strcmp(argv[i], "--max-len") == 0 && i + 1 < argc) {
-            max_len = (size_t)strtoull(argv[++i], NULL, 10);
-        } else if (argv[i][0] == '-') {
-            fprintf(stderr,
-                    "usage: %s [--seconds S] [--iterations N] [--seed N] "
-                    "[--max-len N] [input-file...]\n",
-                    argv[0]);
-            return 2;
-        } else {
-            rc |= replay(argv[i]);
-            replayed = 1;
-        }
-    }
-    if (replayed) return rc;
-#ifdef PX_FUZZ_ASAN
-    __sanitizer_set_death_callback(fz_dump);
-#endif
-    if (max_len < 64) max_len = 64;
-    printf("seed %llu\n", (unsigned long long)seed);
-    fflush(stdout);
-    rng_state = seed;
+    fz_opts o = {10, 0, (uint64_t)time(NULL), 64 * 1024};
+    int rc = fz_parse(argc, argv, &o);
+    if (rc >= 0) return rc;
+    size_t max_len = o.max_len < 64 ? 64 : o.max_len;
+    rng_state = o.seed;
     gen_buf cur = {0}, other = {0};
-    double start = now_s();
-    uint64_t it = 0;
-    for (;; it++) {
-        if (iterations ? it >= iterations
-                       : (it % 256 == 0 && now_s() - start >= seconds))
-            break;
+    double start = fz_now();
+    for (uint64_t it = 0; !fz_done(&o, it, start); it++) {
         if (it % 16 == 0) gen_stream(&other, max_len);
         gen_stream(&cur, max_len);
         if (rnd_below(8)) mutate(&cur, &other, max_len);
@@ -605,7 +512,7 @@ int main(int argc, char **argv) {
            (unsigned long long)fz_st.bytes, (unsigned long long)fz_st.ebadmsg,
            (unsigned long long)fz_st.emsgsize, (unsigned long long)fz_st.clean_end,
            (unsigned long long)fz_st.partial_end, (unsigned long long)fz_st.pipe_reads,
-           now_s() - start);
+           fz_now() - start);
     return 0;
 }
 #endif /* PX_LIBFUZZER */

@@ -32,23 +32,10 @@
 #include "../../csrc/pyexec.h"
 
 #include <stdbool.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <time.h>
-#include <unistd.h>
 
-#if defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define PX_FUZZ_ASAN 1
-#endif
-#endif
-#if defined(__SANITIZE_ADDRESS__)
-#define PX_FUZZ_ASAN 1
-#endif
-#if defined(PX_FUZZ_ASAN) && !defined(PX_LIBFUZZER)
-#include <sanitizer/common_interface_defs.h>
-#endif
+#define FZ_NAME "fuzz_slots"
+#include "fuzz_harness.h"
+
 
 static const struct {
     uint64_t size;
@@ -61,31 +48,6 @@ static const struct {
 #define FZ_MAX_LIVE 1024
 #define FZ_MAX_DEAD 256
 
-static const uint8_t *fz_cur;
-static size_t fz_cur_size;
-
-static void fz_dump(void) {
-    if (fz_cur == NULL) return;
-    const char *dir = getenv("PYEXEC_FUZZ_CRASH_DIR");
-    char path[4096];
-    snprintf(path, sizeof(path), "%s/fuzz-crash-%d.bin", dir && *dir ? dir : ".",
-             (int)getpid());
-    FILE *f = fopen(path, "wb");
-    if (f == NULL) return;
-    fwrite(fz_cur, 1, fz_cur_size, f);
-    fclose(f);
-    fprintf(stderr, "fuzz_slots: input saved to %s\n", path);
-}
-
-#define FZ_CHECK(cond)                                                        \
-    do {                                                                      \
-        if (!(cond)) {                                                        \
-            fprintf(stderr, "fuzz_slots: %s:%d: check failed: %s\n", __FILE__, \
-                    __LINE__, #cond);                                         \
-            fz_dump();                                                        \
-            abort();                                                          \
-        }                                                                     \
-    } while (0)
 
 typedef struct {
     uint64_t runs, ops, allocs, releases, bad_releases, enospc, efbig, einval, resets, many;
@@ -216,8 +178,6 @@ static uint32_t fz_bad_id(const fz_model *m, uint8_t how, uint8_t arg) {
     return fz_is_live(m, id) ? 0 : id;
 }
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     static fz_model m;
     if (size < 1) return 0;
@@ -320,58 +280,15 @@ static uint64_t rnd(void) {
     return rng_state >> 33;
 }
 
-static int replay(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (f == NULL) {
-        perror(path);
-        return 1;
-    }
-    static uint8_t buf[1 << 16];
-    size_t n = fread(buf, 1, sizeof(buf), f);
-    fclose(f);
-    LLVMFuzzerTestOneInput(buf, n);
-    printf("%s: ok\n", path);
-    return 0;
-}
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 int main(int argc, char **argv) {
-    double seconds = 20;
-    uint64_t iterations = 0, seed = (uint64_t)time(NULL);
-    int rc = 0, replayed = 0;
-    for (int a = 1; a < argc; a++) {
-        if (strcmp(argv[a], "--seconds") == 0 && a + 1 < argc) {
-            seconds = atof(argv[++a]);
-        } else if (strcmp(argv[a], "--iterations") == 0 && a + 1 < argc) {
-            iterations = strtoull(argv[++a], NULL, 10);
-        } else if (strcmp(argv[a], "--seed") == 0 && a + 1 < argc) {
-            seed = strtoull(argv[++a], NULL, 10);
-        } else if (argv[a][0] == '-') {
-            fprintf(stderr, "usage: %s [--seconds S] [--iterations N] [--seed N] [file...]\n",
-                    argv[0]);
-            return 2;
-        } else {
-            rc |= replay(argv[a]);
-            replayed = 1;
-        }
-    }
-    if (replayed) return rc;
-#ifdef PX_FUZZ_ASAN
-    __sanitizer_set_death_callback(fz_dump);
-#endif
-    printf("seed %llu\n", (unsigned long long)seed);
-    fflush(stdout);
-    rng_state = seed;
+    fz_opts o = {20, 0, (uint64_t)time(NULL), 0};
+    int rc = fz_parse(argc, argv, &o);
+    if (rc >= 0) return rc;
+    rng_state = o.seed;
     static uint8_t buf[4096];
-    double start = now_s();
-    for (uint64_t it = 0;; it++) {
-        if (iterations ? it >= iterations : (it % 64 == 0 && now_s() - start >= seconds))
-            break;
+    double start = fz_now();
+    for (uint64_t it = 0; !fz_done(&o, it, start); it++) {
         size_t n = 1 + rnd() % sizeof(buf);
         /* Bias ops toward allocations early and releases late, so runs
          * both fill the table up and drain it. */
@@ -388,7 +305,7 @@ int main(int argc, char **argv) {
            (unsigned long long)fz_st.bad_releases, (unsigned long long)fz_st.enospc,
            (unsigned long long)fz_st.efbig, (unsigned long long)fz_st.einval,
            (unsigned long long)fz_st.resets, (unsigned long long)fz_st.many,
-           now_s() - start);
+           fz_now() - start);
     return 0;
 }
 #endif /* PX_LIBFUZZER */
