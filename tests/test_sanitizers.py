@@ -128,29 +128,40 @@ def test_arena_under_sanitizers(arena_tests: Path, name: str) -> None:
     assert f"ok   {name}" in proc.stdout
 
 
+def _check_table(binary: Path, source: str, at_least: int) -> None:
+    """The C driver's --list names every test_* function of its source, in the
+    order _c_test_names reads (so none is silently skipped)."""
+    proc = _run([str(binary), "--list"], timeout=30)
+    _assert_clean(proc, f"{binary.name} --list")
+    listed = proc.stdout.split()
+    defined = re.findall(r"^static void test_(\w+)\(void\)", (CDIR / source).read_text(), re.M)
+    assert sorted(listed) == sorted(defined)
+    assert listed == _c_test_names(source)
+    assert len(listed) >= at_least
+
+
 @pytest.mark.timeout(60)
 def test_arena_table_lists_every_test(arena_tests: Path) -> None:
     """Every test_* function in test_arena.c is in its table (none silently skipped)."""
-    proc = _run([str(arena_tests), "--list"], timeout=30)
-    _assert_clean(proc, "test_arena --list")
-    listed = proc.stdout.split()
-    defined = re.findall(
-        r"^static void test_(\w+)\(void\)", (CDIR / "test_arena.c").read_text(), re.M
-    )
-    assert sorted(listed) == sorted(defined)
-    assert listed == _c_test_names("test_arena.c")
-    assert len(listed) >= 20
+    _check_table(arena_tests, "test_arena.c", 20)
 
 
-def _fuzz_slots(fuzzer: Path, tmp_path: Path, args: list[str], timeout: float) -> dict[str, float]:
-    """Run the slot fuzzer; return its closing statistics after checking it ran clean."""
+# What each fuzzer's closing statistics must show it reached.
+DECODER_PATHS = ("runs", "frames", "ebadmsg", "emsgsize", "clean_end", "partial_end", "pipe_reads")
+SLOT_OUTCOMES = ("allocs", "releases", "bad_releases", "enospc", "efbig", "einval", "resets")
+
+
+def _fuzz(
+    fuzzer: Path, tmp_path: Path, args: list[str], timeout: float, reached: tuple[str, ...]
+) -> dict[str, float]:
+    """Run a fuzzer's own loop; return its closing statistics after checking it ran
+    clean and reached every one of ``reached``."""
     proc = _run([str(fuzzer), *args], timeout=timeout, cwd=tmp_path)
     crashes = sorted(p.name for p in tmp_path.glob("fuzz-crash-*.bin"))
-    _assert_clean(proc, f"fuzz_slots {' '.join(args)} (saved inputs: {crashes})")
+    _assert_clean(proc, f"{fuzzer.name} {' '.join(args)} (saved inputs: {crashes})")
     last = proc.stdout.strip().splitlines()[-1].split()
     stats = {k: float(v) for k, v in zip(last[::2], last[1::2], strict=True)}
-    # Every outcome of the protocol was reached.
-    for key in ("allocs", "releases", "bad_releases", "enospc", "efbig", "einval", "resets"):
+    for key in reached:
         assert stats.get(key, 0) > 0, f"fuzz run never reached {key}: {last}"
     return stats
 
@@ -158,9 +169,8 @@ def _fuzz_slots(fuzzer: Path, tmp_path: Path, args: list[str], timeout: float) -
 @pytest.mark.timeout(120)
 def test_fuzz_slots_fixed_seed(slots_fuzzer: Path, tmp_path: Path) -> None:
     """A short, repeatable run of the slot protocol against its model."""
-    stats = _fuzz_slots(
-        slots_fuzzer, tmp_path, ["--seed", "20261206", "--iterations", "1500"], timeout=100
-    )
+    args = ["--seed", "20261206", "--iterations", "1500"]
+    stats = _fuzz(slots_fuzzer, tmp_path, args, 100, SLOT_OUTCOMES)
     assert stats["runs"] == 1500
 
 
@@ -170,7 +180,7 @@ def test_fuzz_slots(slots_fuzzer: Path, tmp_path: Path) -> None:
     """Fuzz the slot protocol for PYEXEC_FUZZ_SECONDS (20 s by default) from a fresh seed."""
     seed = int(os.environ.get("PYEXEC_FUZZ_SEED") or random.randrange(1 << 32))
     args = ["--seed", str(seed), "--seconds", str(FUZZ_SECONDS)]
-    stats = _fuzz_slots(slots_fuzzer, tmp_path, args, timeout=FUZZ_SECONDS + 150)
+    stats = _fuzz(slots_fuzzer, tmp_path, args, FUZZ_SECONDS + 150, SLOT_OUTCOMES)
     assert stats["runs"] >= 100, f"seed {seed}: only {stats['runs']} runs"
 
 
@@ -186,15 +196,7 @@ def test_core_under_sanitizers(core_tests: Path, name: str) -> None:
 @pytest.mark.timeout(60)
 def test_core_table_lists_every_test(core_tests: Path) -> None:
     """Every test_* function in test_core.c is in its table (none silently skipped)."""
-    proc = _run([str(core_tests), "--list"], timeout=30)
-    _assert_clean(proc, "test_core --list")
-    listed = proc.stdout.split()
-    defined = re.findall(
-        r"^static void test_(\w+)\(void\)", (CDIR / "test_core.c").read_text(), re.M
-    )
-    assert sorted(listed) == sorted(defined)
-    assert listed == _c_test_names()
-    assert len(listed) >= 40
+    _check_table(core_tests, "test_core.c", 40)
 
 
 @pytest.mark.timeout(120)
@@ -219,23 +221,12 @@ def test_fuzz_corpus_replays(fuzzer: Path) -> None:
     assert proc.stdout.count(": ok") == len(seeds)
 
 
-def _fuzz(fuzzer: Path, tmp_path: Path, args: list[str], timeout: float) -> dict[str, float]:
-    """Run the mutation loop; return its closing statistics after checking it ran clean."""
-    proc = _run([str(fuzzer), *args], timeout=timeout, cwd=tmp_path)
-    crashes = sorted(p.name for p in tmp_path.glob("fuzz-crash-*.bin"))
-    _assert_clean(proc, f"fuzz_decoder {' '.join(args)} (saved inputs: {crashes})")
-    last = proc.stdout.strip().splitlines()[-1].split()
-    stats = {k: float(v) for k, v in zip(last[::2], last[1::2], strict=True)}
-    # Every path of the decoder was reached: frames, both errors, both ends.
-    for key in ("runs", "frames", "ebadmsg", "emsgsize", "clean_end", "partial_end", "pipe_reads"):
-        assert stats.get(key, 0) > 0, f"fuzz run never reached {key}: {last}"
-    return stats
-
-
 @pytest.mark.timeout(120)
 def test_fuzz_decoder_fixed_seed(fuzzer: Path, tmp_path: Path) -> None:
     """A short, repeatable fuzz run (same inputs every time)."""
-    stats = _fuzz(fuzzer, tmp_path, ["--seed", "20240601", "--iterations", "3000"], timeout=100)
+    stats = _fuzz(
+        fuzzer, tmp_path, ["--seed", "20240601", "--iterations", "3000"], 100, DECODER_PATHS
+    )
     assert stats["runs"] == 3000
 
 
@@ -245,5 +236,5 @@ def test_fuzz_decoder(fuzzer: Path, tmp_path: Path) -> None:
     """Fuzz the decoder for PYEXEC_FUZZ_SECONDS (20 s by default) from a fresh seed."""
     seed = int(os.environ.get("PYEXEC_FUZZ_SEED") or random.randrange(1 << 32))
     args = ["--seed", str(seed), "--seconds", str(FUZZ_SECONDS)]
-    stats = _fuzz(fuzzer, tmp_path, args, timeout=FUZZ_SECONDS + 150)
+    stats = _fuzz(fuzzer, tmp_path, args, FUZZ_SECONDS + 150, DECODER_PATHS)
     assert stats["runs"] >= 1000, f"seed {seed}: only {stats['runs']} runs"
