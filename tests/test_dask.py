@@ -568,6 +568,41 @@ def test_dask_worker_death_fails_its_call_once(tmp_path):
             ex.submit(df.square, 1)
 
 
+@pytest.mark.timeout(120)
+def test_result_lost_before_it_was_fetched_is_not_recomputed(tmp_path, monkeypatch):
+    """A call that finished on a Dask worker which dies before the client fetched its result:
+    Dask recomputes the lost result elsewhere; the judge refuses that second run, and the call
+    fails with WorkerDied (on_crash="restart") instead of running twice."""
+    from pyexec import dask as pdask
+
+    path = str(tmp_path / "log")
+    held, release = threading.Event(), threading.Event()
+    gather = pdask._DaskPool._gather
+
+    def held_gather(self, keys):  # the collector fetches nothing until the test says so
+        if not held.is_set():
+            held.set()
+            release.wait(60)
+        return gather(self, keys)
+
+    monkeypatch.setattr(pdask._DaskPool, "_gather", held_gather)
+    with DaskExecutor(n_workers=2, on_crash="restart") as ex:
+        client = ex.client
+        fut = ex.submit(df.run_logged, path, 0)
+        assert held.wait(60)  # it ran; its result waits on its worker
+        key = fut._pyexec_key
+        dfut = ex._pool._records[key].dfut
+        (worker,) = client.who_has([dfut])[key]
+        os.kill(client.run(os.getpid, workers=[worker])[worker], signal.SIGKILL)
+        # Dask recomputes the key on a worker still alive (there, the judge refuses it).
+        _until(lambda: set(client.who_has([dfut]).get(key, ())) - {worker}, 60, "the rerun")
+        release.set()
+        with pytest.raises(pyexec.WorkerDied, match="lost with its Dask worker"):
+            fut.result(60)
+        assert ex.submit(df.square, 4).result(60) == 16
+    assert df.logged(path) == ["0"]
+
+
 # ---- counters ------------------------------------------------------------------------------------
 
 
