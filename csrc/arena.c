@@ -154,6 +154,20 @@ void px_copy(void *dst, const void *src, uint64_t n) {
     if (n > 0 && dst != NULL && src != NULL) memcpy(dst, src, (size_t)n);
 }
 
+void px_copy_fresh(void *dst, const void *src, uint64_t n) {
+    if (n == 0 || dst == NULL || src == NULL || n > (uint64_t)SIZE_MAX) return;
+#if defined(__linux__) && defined(MADV_POPULATE_WRITE)
+    long page = sysconf(_SC_PAGESIZE);
+    uintptr_t pg = (uintptr_t)(page > 0 ? page : 4096);
+    uintptr_t start = (uintptr_t)dst & ~(pg - 1);
+    if ((uintptr_t)dst <= UINTPTR_MAX - pg && (uintptr_t)n <= UINTPTR_MAX - pg - (uintptr_t)dst) {
+        uintptr_t end = ((uintptr_t)dst + (uintptr_t)n + pg - 1) & ~(pg - 1);
+        (void)madvise((void *)start, end - start, MADV_POPULATE_WRITE); /* a hint */
+    }
+#endif
+    memcpy(dst, src, (size_t)n);
+}
+
 int px_discard(void *addr, uint64_t size) {
 #if defined(__linux__) && defined(MADV_REMOVE)
     long page = sysconf(_SC_PAGESIZE);

@@ -32,7 +32,7 @@
 /* CDEF BEGIN */
 
 /* Bumped whenever a declaration below changes meaning. Checked at import. */
-#define PX_CORE_ABI 9
+#define PX_CORE_ABI 10
 
 /* ---- frames ---------------------------------------------------------- */
 
@@ -339,6 +339,14 @@ int px_close(int fd);
 /* memcpy of n bytes (no overlap): a call of its own so that a copy of many
  * megabytes runs with the GIL released. n = 0 does nothing. */
 void px_copy(void *dst, const void *src, uint64_t n);
+
+/* px_copy into memory never written before (a new object's malloc'ed
+ * buffer): its pages are first faulted in writable with one call
+ * (MADV_POPULATE_WRITE, Linux 5.14+: a quarter less than taking one fault
+ * per page inside memcpy, measured here for 8 MiB); where that call does not
+ * exist, or fails, a plain copy. dst need not be page-aligned: the pages
+ * that hold [dst, dst + n) are the caller's. n = 0 does nothing. */
+void px_copy_fresh(void *dst, const void *src, uint64_t n);
 
 /* Give back the memory of the whole pages inside [addr, addr + size) of a
  * shared mapping (madvise MADV_REMOVE: a hole is punched in the segment, and

@@ -243,6 +243,44 @@ def test_big_argument_is_referenced_until_dispatch_not_copied():
     assert isinstance(small, bytes) and pickle.loads(small)[1][0].sum() == 45
 
 
+@pytest.mark.timeout(60)
+def test_big_bytes_are_never_copied_into_an_in_band_pickle():
+    """Big bytes or a bytearray among a call's arguments, or in a result, go to
+    shared memory at once: an in-band pickle made first would copy them whole
+    (8 MiB of fresh memory, the GIL held) only to be thrown away."""
+    import socket
+    import tracemalloc
+
+    from pyexec import _frames
+    from pyexec._tasks import dump_call
+    from pyexec._worker import _dumps_result
+
+    big = bytes(8 << 20)
+    big_array = bytearray(big)
+    calls = [((big,), {}), ((1, big_array), {}), ((), {"data": big})]
+    results = [(os.getpid(), big), big_array, {"data": big}, [big]]
+    a, b = socket.socketpair()
+    chan = _payloads.Channel(os.dup(a.fileno()), 64 << 20, mapped=True)
+    tracemalloc.start()
+    try:
+        for args, kwargs in calls:
+            tracemalloc.reset_peak()
+            call = dump_call(ident, args, kwargs)
+            assert not isinstance(call, bytes), (args, kwargs)
+            assert tracemalloc.get_traced_memory()[1] < BIG, (args, kwargs)
+            call.release()
+        for r in results:
+            tracemalloc.reset_peak()
+            _payload, kind, flags = _dumps_result(r, pickle.dumps, 5, chan)
+            assert kind == _frames.KIND_RESULT and flags & _frames.FLAG_OOB, type(r)
+            assert tracemalloc.get_traced_memory()[1] < BIG, type(r)
+    finally:
+        tracemalloc.stop()
+        chan.close()
+        a.close()
+        b.close()
+
+
 @pytest.mark.timeout(120)
 def test_threads_submit_big_calls_at_once():
     a = np.arange(BIG // 8, dtype=np.float64)

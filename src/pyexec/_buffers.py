@@ -539,7 +539,7 @@ def _copy_bytes(ptr: Any, n: int) -> bytes:
     if make is None:  # pragma: no cover - not CPython
         return bytes(ffi.buffer(ptr, n))
     out = make(None, n)
-    lib.px_copy(ffi.from_buffer(out), ptr, n)
+    lib.px_copy_fresh(ffi.from_buffer(out), ptr, n)
     return out
 
 

@@ -26,7 +26,7 @@ except ImportError as exc:  # pragma: no cover - exercised by a test in a subpro
     ) from exc
 
 # The ABI this Python code was written against (PX_CORE_ABI in csrc/pyexec.h).
-CORE_ABI = 9
+CORE_ABI = 10
 
 
 def _check_stamp() -> None:

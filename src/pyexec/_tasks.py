@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from ._buffers import Pickled
 from ._errors import CallUnpicklingError
 from ._future import Future, settle_fast
-from ._payloads import THRESHOLD, has_big_bytes, pickle_big
+from ._payloads import THRESHOLD, big_bytes_at_top, has_big_bytes, pickle_big
 
 if TYPE_CHECKING:
     from ._lanes import Kill, Lane
@@ -434,6 +434,8 @@ def dump_call(fn: Callable, args: tuple, kwargs: dict) -> bytes | Pickled:
     else:
         if not kwargs:
             return pickle.dumps(call, pickle.HIGHEST_PROTOCOL)
+    if big_bytes_at_top(args) or (kwargs and big_bytes_at_top(kwargs)):
+        return pickle_big(call)
     # Every out-of-band buffer left out (its NEXT_BUFFER opcode in its place):
     # then pickled again with the big ones apart, the small ones in-band.
     payload = pickle.dumps(call, pickle.HIGHEST_PROTOCOL, buffer_callback=_out_of_band)

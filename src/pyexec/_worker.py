@@ -32,7 +32,14 @@ from . import _frames as frames
 from ._errors import CallUnpicklingError
 from ._lanes import SEQ_MASK, map_claim
 from ._native import lib, rss
-from ._payloads import DEFAULT_ARENA_SIZE, THRESHOLD, Channel, has_big_bytes, pickle_big
+from ._payloads import (
+    DEFAULT_ARENA_SIZE,
+    THRESHOLD,
+    Channel,
+    big_bytes_at_top,
+    has_big_bytes,
+    pickle_big,
+)
 
 # A result is held back to leave in one write with the next ones only when its
 # call took less than TINY_CALL and another call is already here, and never
@@ -390,6 +397,8 @@ def _dumps_result(r, dumps, proto, chan=None) -> tuple[bytes, int, int]:
                 pass
         if chan is None or not chan.size:
             return dumps(r, proto), frames.KIND_RESULT, 0
+        if big_bytes_at_top(r):
+            return _dumps_big(r, dumps, proto, chan)
         bufs: list = []
         payload = dumps(r, proto, buffer_callback=bufs.append)
         if bufs or (len(payload) >= THRESHOLD and has_big_bytes(r, payload)):

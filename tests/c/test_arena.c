@@ -191,6 +191,31 @@ static void test_copy(void) {
     px_copy(NULL, a, 0);
 }
 
+/* Into a malloc'ed buffer that starts and ends inside pages: every byte
+ * copied, and the bytes around it (in the same pages) unchanged. */
+static void test_copy_fresh(void) {
+    const size_t n = 3 * 4096 + 123;
+    unsigned char *src = malloc(n), *buf = malloc(n + 64);
+    CHECK(src != NULL && buf != NULL);
+    if (src == NULL || buf == NULL) {
+        free(src);
+        free(buf);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) src[i] = (unsigned char)(i * 7 + 1);
+    memset(buf, 0xAB, n + 64);
+    px_copy_fresh(buf + 17, src, n);
+    CHECK_EQ(memcmp(buf + 17, src, n), 0);
+    CHECK_EQ(buf[16], 0xAB);
+    CHECK_EQ(buf[17 + n], 0xAB);
+    px_copy_fresh(buf, src, 0); /* nothing */
+    px_copy_fresh(NULL, src, 5);
+    px_copy_fresh(buf, NULL, 5);
+    CHECK_EQ(buf[0], 0xAB);
+    free(src);
+    free(buf);
+}
+
 /* Discarding pages of one view punches a hole the other view sees; bytes
  * outside whole pages are kept. */
 static void test_discard(void) {
@@ -755,6 +780,7 @@ static void test_claim_against_revoke_two_threads(void) {
     X(map_across_fork)                                  \
     X(populate)                                         \
     X(copy)                                             \
+    X(copy_fresh)                                       \
     X(discard)                                          \
     X(slots_new_limits)                                 \
     X(slots_size_zero)                                  \
