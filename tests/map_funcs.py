@@ -79,3 +79,13 @@ def exit_at(x: int, bad: int) -> int:
     if x == bad:
         os._exit(3)
     return x
+
+
+class Adder:
+    """An object whose bound method is submitted while its state changes."""
+
+    def __init__(self) -> None:
+        self.k = 0
+
+    def add(self, x: int) -> int:
+        return x + self.k

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import concurrent.futures as cf
+import functools
 import gc
 import io
 import itertools
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from map_funcs import (
+    Adder,
     Gate,
     add,
     exit_at,
@@ -400,6 +402,56 @@ def test_cloudpickle_pickles_a_function_once(monkeypatch):
         assert sum(1 for o in seen if o is fn) == 1
         assert [ex.submit(fn, i).result(30) for i in range(3)] == [1, 2, 3]
     assert sum(1 for o in seen if o is fn) == 2  # once for map, once for 3 submits
+
+
+@pytest.mark.timeout(60)
+def test_cloudpickle_sends_a_bound_methods_object_as_it_is_now():
+    """Only plain functions are cached: a bound method (equal to every other
+    binding of its object) and a partial carry state the caller changes between
+    calls, and each call sees it as the default pickle does."""
+    pytest.importorskip("cloudpickle")
+    obj, items = Adder(), [1]
+    with pyexec.ProcessPoolExecutor(1, serializer="cloudpickle") as ex:
+        got = []
+        for k in (0, 100, 200):
+            obj.k = k
+            got.append(ex.submit(obj.add, 1).result(30))
+        part = functools.partial(add, items)
+        first = ex.submit(part, [2]).result(30)
+        items.append(3)
+        second = ex.submit(part, [2]).result(30)
+    assert got == [1, 101, 201]
+    assert (first, second) == ([1, 2], [1, 3, 2])
+
+
+REDEFINED_SCRIPT = """
+import multiprocessing, pyexec
+
+def f(x):
+    return ("old", x)
+
+if __name__ == "__main__":
+    ctx = multiprocessing.get_context("fork")
+    with pyexec.ProcessPoolExecutor(1, mp_context=ctx, serializer="cloudpickle") as ex:
+        assert ex.submit(f, 0).result(60) == ("old", 0)  # the worker forked with this f
+        exec("def f(x):\\n    return ('new', x)\\n")  # redefined, as in a notebook cell
+        subs = [ex.submit(f, i).result(60)[0] for i in range(3)]
+        print(subs, {r[0] for r in ex.map(f, range(9))})
+"""
+
+
+@pytest.mark.timeout(60)
+def test_cloudpickle_runs_a_redefined_main_function_every_time():
+    """A __main__ function redefined after the workers forked travels by value:
+    every call runs the new one, not the old one the worker's __main__ still names."""
+    pytest.importorskip("cloudpickle")
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no fork here")
+    done = subprocess.run(
+        [sys.executable, "-c", REDEFINED_SCRIPT], capture_output=True, text=True, timeout=50
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['new', 'new', 'new'] {'new'}"
 
 
 def test_default_serializer_fails_a_lambda_as_pickle_does():
