@@ -538,7 +538,9 @@ def test_dropped_map_iterator_cancels_the_rest(kwargs, drop):
             del it
         assert ex.stats().pending == 0
     s = ex.stats()
-    assert s.completed < n // 4, s
+    # Calls already in a worker's pipe run (the stdlib's call queue too); the
+    # rest never do: without the cancel all n complete and none is cancelled.
+    assert s.completed < n and s.cancelled == n - s.completed, s
 
 
 @pytest.mark.timeout(60)
