@@ -43,6 +43,12 @@ def start() -> tuple[int, str]:
     return WORKERS, METHOD
 
 
+# The map family's rows (issue 17) are measured against multiprocessing.Pool's
+# map and imap_unordered: that pool is in them even when PYEXEC_BENCH_POOLS
+# leaves it out.
+MAP_POOLS = POOLS + [p for p in ("multiprocessing.Pool",) if p not in POOLS]
+
+
 @pytest.fixture(params=POOLS)
 def pool_name(request) -> str:
     """Each pool under comparison in turn (skipped when its package is missing)."""
@@ -51,15 +57,27 @@ def pool_name(request) -> str:
     return request.param
 
 
-@pytest.fixture
-def pool(pool_name: str) -> Iterator[pools.Pool]:
-    """A fresh pool of that kind that has already returned a result."""
-    p = pools.POOL_CLASSES[pool_name](WORKERS, METHOD)
+def _warm_pool(name: str) -> Iterator[pools.Pool]:
+    p = pools.POOL_CLASSES[name](WORKERS, METHOD)
     try:
         workloads.warm(p)
         yield p
     finally:
         p.close()
+
+
+@pytest.fixture
+def pool(pool_name: str) -> Iterator[pools.Pool]:
+    """A fresh pool of that kind that has already returned a result."""
+    yield from _warm_pool(pool_name)
+
+
+@pytest.fixture(params=MAP_POOLS)
+def map_pool(request) -> Iterator[pools.Pool]:
+    """As pool, over POOLS and multiprocessing.Pool (the map family's baseline)."""
+    if not pools.available(request.param):
+        pytest.skip(f"{request.param} is not installed")
+    yield from _warm_pool(request.param)
 
 
 @pytest.fixture

@@ -148,17 +148,17 @@ def test_payload_sweep(benchmark, pool: Pool, nbytes: int) -> None:
 
 
 @pytest.mark.benchmark(group="map-default")
-def test_map_default(benchmark, pool: Pool) -> None:
+def test_map_default(benchmark, map_pool: Pool) -> None:
     """list(map(identity, range(MAP_ITEMS))) with the pool's default arguments."""
     benchmark.extra_info["items"] = MAP_ITEMS
-    _rounds(benchmark, lambda: workloads.run_map_default(pool, MAP_ITEMS), rounds=3)
+    _rounds(benchmark, lambda: workloads.run_map_default(map_pool, MAP_ITEMS), rounds=3)
 
 
 @pytest.mark.benchmark(group="map-unordered")
-def test_map_unordered(benchmark, pool: Pool) -> None:
+def test_map_unordered(benchmark, map_pool: Pool) -> None:
     """identity over range(MAP_ITEMS) in completion order (where the pool has it)."""
-    missing = pool.unordered_missing()
+    missing = map_pool.unordered_missing()
     if missing:
         pytest.skip(missing)  # a feature the pool lacks, not a failure: nothing to time
     benchmark.extra_info["items"] = MAP_ITEMS
-    _rounds(benchmark, lambda: workloads.run_map_unordered(pool, MAP_ITEMS), rounds=3)
+    _rounds(benchmark, lambda: workloads.run_map_unordered(map_pool, MAP_ITEMS), rounds=3)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Any
@@ -63,3 +64,28 @@ class Gate:
         Gate.started.set()
         Gate.release.wait(30)
         return (int, (0,))
+
+
+def nap_or_fail(x: float) -> float:
+    """Sleep x seconds and return x; raise ValueError for x < 0."""
+    if x < 0:
+        raise ValueError(x)
+    time.sleep(x)
+    return x
+
+
+def exit_at(x: int, bad: int) -> int:
+    """x, but the worker dies (os._exit) at x == bad."""
+    if x == bad:
+        os._exit(3)
+    return x
+
+
+class Adder:
+    """An object whose bound method is submitted while its state changes."""
+
+    def __init__(self) -> None:
+        self.k = 0
+
+    def add(self, x: int) -> int:
+        return x + self.k

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import ast
 import concurrent.futures as cf
+import functools
 import gc
 import io
 import itertools
+import multiprocessing
 import subprocess
 import sys
 import threading
@@ -17,7 +19,20 @@ import weakref
 from pathlib import Path
 
 import pytest
-from map_funcs import Gate, add, fail_at, ident, lock_at, make_big, return_lock, sleepy, square
+from map_funcs import (
+    Adder,
+    Gate,
+    add,
+    exit_at,
+    fail_at,
+    ident,
+    lock_at,
+    make_big,
+    nap_or_fail,
+    return_lock,
+    sleepy,
+    square,
+)
 
 import pyexec
 
@@ -389,6 +404,56 @@ def test_cloudpickle_pickles_a_function_once(monkeypatch):
     assert sum(1 for o in seen if o is fn) == 2  # once for map, once for 3 submits
 
 
+@pytest.mark.timeout(60)
+def test_cloudpickle_sends_a_bound_methods_object_as_it_is_now():
+    """Only plain functions are cached: a bound method (equal to every other
+    binding of its object) and a partial carry state the caller changes between
+    calls, and each call sees it as the default pickle does."""
+    pytest.importorskip("cloudpickle")
+    obj, items = Adder(), [1]
+    with pyexec.ProcessPoolExecutor(1, serializer="cloudpickle") as ex:
+        got = []
+        for k in (0, 100, 200):
+            obj.k = k
+            got.append(ex.submit(obj.add, 1).result(30))
+        part = functools.partial(add, items)
+        first = ex.submit(part, [2]).result(30)
+        items.append(3)
+        second = ex.submit(part, [2]).result(30)
+    assert got == [1, 101, 201]
+    assert (first, second) == ([1, 2], [1, 3, 2])
+
+
+REDEFINED_SCRIPT = """
+import multiprocessing, pyexec
+
+def f(x):
+    return ("old", x)
+
+if __name__ == "__main__":
+    ctx = multiprocessing.get_context("fork")
+    with pyexec.ProcessPoolExecutor(1, mp_context=ctx, serializer="cloudpickle") as ex:
+        assert ex.submit(f, 0).result(60) == ("old", 0)  # the worker forked with this f
+        exec("def f(x):\\n    return ('new', x)\\n")  # redefined, as in a notebook cell
+        subs = [ex.submit(f, i).result(60)[0] for i in range(3)]
+        print(subs, {r[0] for r in ex.map(f, range(9))})
+"""
+
+
+@pytest.mark.timeout(60)
+def test_cloudpickle_runs_a_redefined_main_function_every_time():
+    """A __main__ function redefined after the workers forked travels by value:
+    every call runs the new one, not the old one the worker's __main__ still names."""
+    pytest.importorskip("cloudpickle")
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no fork here")
+    done = subprocess.run(
+        [sys.executable, "-c", REDEFINED_SCRIPT], capture_output=True, text=True, timeout=50
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['new', 'new', 'new'] {'new'}"
+
+
 def test_default_serializer_fails_a_lambda_as_pickle_does():
     with pyexec.ProcessPoolExecutor(1) as ex:
         with pytest.raises(Exception, match="lambda"):
@@ -442,3 +507,209 @@ def test_readme_map_examples_run(tmp_path):
     assert sorted(ast.literal_eval(outputs[1])) == [0.0, 0.0, 0.1, 0.5]
     assert outputs[2] == "1000"
     assert outputs[3] == "[10, 11, 12, 13, 14]"
+
+
+# ---- issue 17, clause by clause: what the tests above left unshown ----------------
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("drop", ["del", "close", "outer generator closed"])
+@pytest.mark.parametrize("kwargs", [{}, {"chunksize": 1}, {"buffersize": 4}, {"unordered": True}])
+def test_dropped_map_iterator_cancels_the_rest(kwargs, drop):
+    """An iterator dropped (del), closed, or closed through a generator that
+    wraps it: the items not yet sent never run (the pool is then shut down with
+    wait=True, which would run every queued item)."""
+    n = 200
+    with pyexec.ProcessPoolExecutor(2) as ex:
+        it = ex.map(sleepy, [0.0] + [0.05] * (n - 1), **kwargs)
+        if drop == "outer generator closed":
+
+            def outer():
+                yield from it
+
+            gen = outer()
+            assert next(gen) == 0.0
+            del it
+            gen.close()
+        else:
+            assert next(it) == 0.0
+            if drop == "close":
+                it.close()
+            del it
+        assert ex.stats().pending == 0
+    s = ex.stats()
+    # Calls already in a worker's pipe run (the stdlib's call queue too); the
+    # rest never do: without the cancel all n complete and none is cancelled.
+    assert s.completed < n and s.cancelled == s.submitted - s.completed, s
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("chunksize", [1, 3, 4])
+def test_explicit_chunksize_delivers_as_the_stdlib(chunksize):
+    """With an explicit chunksize a failing item fails its whole chunk, as in the
+    stdlib: the results delivered before the exception are the stdlib's."""
+
+    def run(cls):
+        got = []
+        with cls(2) as ex:
+            try:
+                for x in ex.map(fail_at, range(20), itertools.repeat(7), chunksize=chunksize):
+                    got.append(x)
+            except ValueError as exc:
+                return got, exc.args
+        return got, None
+
+    assert run(pyexec.ProcessPoolExecutor) == run(cf.ProcessPoolExecutor)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kwargs", [{}, {"chunksize": 1}, {"buffersize": 30}])
+def test_unordered_raises_in_completion_order(kwargs):
+    """A quick failing item behind a slow one: unordered raises before the slow
+    result is back; in order, the slow result and those up to the failure come first."""
+    items = [1.5] + [0.0] * 20 + [-1.0] + [0.0] * 20
+    with pyexec.ProcessPoolExecutor(2) as ex:
+        assert list(ex.map(sleepy, [0.3, 0.3], chunksize=1)) == [0.3, 0.3]  # both up
+        got = []
+        with pytest.raises(ValueError):
+            for x in ex.map(nap_or_fail, items, unordered=True, **kwargs):
+                got.append(x)
+        assert 1.5 not in got, got
+        got = []
+        with pytest.raises(ValueError):
+            for x in ex.map(nap_or_fail, items, **kwargs):
+                got.append(x)
+        assert got == items[:21]
+
+
+@pytest.mark.timeout(60)
+def test_unordered_infinite_input_with_buffersize():
+    """unordered=True with buffersize over an endless generator: each item once."""
+    with pyexec.ProcessPoolExecutor(2) as ex:
+        it = ex.map(square, itertools.count(), buffersize=8, unordered=True)
+        got = list(itertools.islice(it, 200))
+        it.close()
+    assert len(set(got)) == 200
+    assert set(got) <= {i * i for i in range(208)}
+
+
+@pytest.mark.timeout(60)
+def test_map_with_on_crash_restart_fails_only_the_crashed_item():
+    """on_crash="restart" keeps one call per item: a crash fails its own item
+    alone, every item before it is delivered (a chunk would lose its neighbours)."""
+    with pyexec.ProcessPoolExecutor(2, on_crash="restart") as ex:
+        got = []
+        with pytest.raises(pyexec.WorkerDied):
+            for x in ex.map(exit_at, range(3000), itertools.repeat(1500)):
+                got.append(x)
+        assert got == list(range(1500))
+        assert ex.stats().failed == 1
+        assert list(ex.map(square, range(5))) == [0, 1, 4, 9, 16]
+
+
+@pytest.mark.parametrize(
+    "name, value, error",
+    [
+        ("chunksize", "a", TypeError),
+        ("chunksize", 1.5, TypeError),
+        ("chunksize", 0, ValueError),
+        ("buffersize", "a", TypeError),
+        ("buffersize", 0, ValueError),
+        ("unordered", "yes", TypeError),
+        ("unordered", None, TypeError),
+        ("progress", 42, TypeError),
+        ("progress", "yes", TypeError),
+    ],
+)
+def test_bad_map_arguments_name_themselves(name, value, error):
+    """A bad value raises ValueError or TypeError naming the argument, before any work."""
+    with pyexec.ProcessPoolExecutor(1) as ex:
+        with pytest.raises(error, match=name):
+            ex.map(ident, range(3), **{name: value})
+        assert ex.stats().submitted == 0 and ex._mgr is None  # no worker started
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kwargs", [{}, {"chunksize": 1}, {"unordered": True}])
+def test_progress_counts_items_as_they_finish(kwargs):
+    """The bar counts finished items, not submitted ones."""
+    bar = Counter()
+    with pyexec.ProcessPoolExecutor(2) as ex:
+        ex.submit(ident, 0).result(30)
+        it = ex.map(sleepy, [0.0] + [1.0] * 4, progress=bar, **kwargs)
+        assert next(it) == 0.0
+        assert bar.n <= 2, bar.n
+        assert list(it) == [1.0] * 4
+    assert bar.n == 5 and not bar.closed
+
+
+@pytest.mark.timeout(60)
+def test_extras_imported_only_when_used():
+    """Neither tqdm nor cloudpickle is imported by pyexec or a default map, submit
+    or unordered map: progress=None and serializer="pickle" cost nothing."""
+    code = (
+        "import sys, pyexec\n"
+        "if __name__ == '__main__':\n"
+        "    with pyexec.ProcessPoolExecutor(2) as ex:\n"
+        "        assert list(ex.map(abs, range(-500, 0))) == list(range(500, 0, -1))\n"
+        "        assert sorted(ex.map(abs, range(-5, 0), unordered=True)) == [1, 2, 3, 4, 5]\n"
+        "        assert ex.submit(abs, -1).result() == 1\n"
+        "    print('tqdm' in sys.modules, 'cloudpickle' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=50)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "False"]
+
+
+MAIN_SCRIPT = """
+import multiprocessing, sys, pyexec
+
+def double(x):
+    return 2 * x
+
+def make(k):
+    return lambda x: x + k
+
+if __name__ == "__main__":
+    ctx = multiprocessing.get_context(sys.argv[1])
+    with pyexec.ProcessPoolExecutor(2, mp_context=ctx, serializer=sys.argv[2]) as ex:
+        print(list(ex.map(double, range(5))), list(ex.map(make(10), range(3), chunksize=2)))
+        print(ex.submit(double, 21).result(60), ex.submit(lambda: make(1)).result(60)(1))
+"""
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("method", ["fork", "forkserver", "spawn"])
+def test_cloudpickle_sends_main_functions_under_every_start_method(method):
+    """Functions of a __main__ the workers cannot import (python -c): with
+    cloudpickle they travel by value, and a lambda result comes back."""
+    pytest.importorskip("cloudpickle")
+    if method not in multiprocessing.get_all_start_methods():
+        pytest.skip(f"no {method} here")
+    done = subprocess.run(
+        [sys.executable, "-c", MAIN_SCRIPT, method, "cloudpickle"],
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == ["[0, 2, 4, 6, 8] [10, 11, 12]", "42 2"]
+
+
+@pytest.mark.timeout(60)
+def test_default_pickle_fails_a_lambda_with_the_stdlibs_exception():
+    """serializer="pickle" (the default): a lambda fails in submit and map with
+    the exception type the stdlib raises."""
+
+    def run(cls):
+        with cls(1) as ex:
+            out = [type(ex.submit(lambda: 1).exception(30))]
+            try:
+                list(ex.map(lambda x: x, range(3)))
+            except Exception as exc:
+                out.append(type(exc))
+        return out
+
+    got = run(pyexec.ProcessPoolExecutor)
+    assert got == run(cf.ProcessPoolExecutor)
+    assert len(got) == 2

@@ -574,8 +574,11 @@ class ProcessPoolExecutor(Executor):
         as they finish; progress=True draws a tqdm bar, or give an object with
         an update(n) method.
         """
-        if chunksize is not None and chunksize < 1:
-            raise ValueError("chunksize must be >= 1.")
+        if chunksize is not None:
+            if not isinstance(chunksize, int):
+                raise TypeError(f"chunksize must be an integer or None, not {chunksize!r}")
+            if chunksize < 1:
+                raise ValueError("chunksize must be >= 1.")
         if buffersize is not None and not isinstance(buffersize, int):
             raise TypeError("buffersize must be an integer or None")
         if buffersize is not None and buffersize < 1:

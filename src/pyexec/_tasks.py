@@ -455,24 +455,24 @@ def _out_of_band(_buf: pickle.PickleBuffer) -> bool:
 
 # serializer="cloudpickle": each function's cloudpickle, made once per
 # function object (a function pickled by value keeps the globals it had then).
+# Plain functions only (a dict hit is then the same object): a bound method
+# equals every other binding of its object, and a partial or a callable
+# object carries state the caller may change between calls, so those are
+# pickled at each call, as the standard library's pickle does.
 _cloud_fns: dict[Callable, bytes] = {}
 
 
 def dump_call_with(dumps: Callable, fn: Callable, args: tuple, kwargs: dict) -> bytes:
     """The pickle of one call made with dumps (cloudpickle's), fn's own pickle
-    in fn's place and cached, as dump_call does for functions named by module."""
-    try:
-        ref = _cloud_fns.get(fn)
-    except TypeError:  # an unhashable callable: pickled each time
-        ref = None
-    if ref is None:
+    in fn's place, cached for a plain function, as dump_call does for
+    functions named by module."""
+    if fn.__class__ is not FunctionType:
+        ref = dumps(fn, pickle.HIGHEST_PROTOCOL)
+    elif (ref := _cloud_fns.get(fn)) is None:
         ref = dumps(fn, pickle.HIGHEST_PROTOCOL)
         if len(_cloud_fns) >= _FN_REFS_MAX:
             _cloud_fns.clear()
-        try:
-            _cloud_fns[fn] = ref
-        except TypeError:
-            pass
+        _cloud_fns[fn] = ref
     call = (ref, args, kwargs) if kwargs else (ref, args)
     return dumps(call, pickle.HIGHEST_PROTOCOL)
 

@@ -374,10 +374,14 @@ def _load_call(loads, data, tid: int, chan: Channel | None = None) -> tuple:
     if fn is None:
         fn = _load_args(loads, ref, tid)
         module = sys.modules.get(getattr(fn, "__module__", None) or "")
-        if module is not None:
+        name = getattr(fn, "__qualname__", None)
+        # Only a function its module names (pickled by reference): one that
+        # cloudpickle sent by value (a redefined __main__ function, whose old
+        # version a forked worker still names) or a partial is loaded each time.
+        if module is not None and name is not None and getattr(module, name, None) is fn:
             if len(_fn_by_ref) >= _FN_REFS_MAX:
                 _fn_by_ref.clear()
-            _fn_by_ref[ref] = (module, fn.__qualname__)
+            _fn_by_ref[ref] = (module, name)
     return fn, call[1], call[2] if len(call) == 3 else {}
 
 
