@@ -5,8 +5,9 @@ threads, shutdown.
 What the loop does in between is split by direction, as mixins of Manager
 (the state stays the manager thread's; a call between them is a method
 call as before): _dispatch sends (pending calls to workers, starting
-workers), _outcomes receives (results, deaths, deadlines, a broken pool),
-_handoff holds the two paths callers' threads run themselves.
+workers), _outcomes receives (results, deaths, a broken pool), _timers acts
+as time passes (deadlines, stranded calls), _handoff holds the two paths
+callers' threads run themselves.
 
 Data flow::
 
@@ -32,7 +33,7 @@ weakref, whose callback wakes it, so a dropped executor shuts down as if
 A worker whose head call runs long (or which cannot run at all: stopped by
 SIGSTOP) while another idles gives back the calls queued behind that head:
 the manager revokes them on the worker's claim word, which the worker checks
-before each call, and sends them elsewhere (_outcomes' _unstrand, _lanes).
+before each call, and sends them elsewhere (_timers' _unstrand, _lanes).
 The long call itself keeps running.
 
 The parent knows which calls each worker holds, so a dead worker loses only
@@ -61,6 +62,7 @@ from ._lanes import Kill, Lane, State, Window
 from ._launch import Launcher, ProcessLauncher
 from ._outcomes import EXIT_STATUS_WAIT, Outcomes
 from ._tasks import ChunkTask, Task
+from ._timers import Timers
 from ._waiter import READABLE, Waiter
 from ._zygote import ZygoteLauncher
 
@@ -130,7 +132,7 @@ def prepare(executor: ProcessPoolExecutor) -> Manager:
     return mgr
 
 
-class Manager(Dispatch, Outcomes, HandOff):
+class Manager(Dispatch, Outcomes, Timers, HandOff):
     """The manager thread's state. It never holds a strong ref to the executor."""
 
     def __init__(self, executor: ProcessPoolExecutor) -> None:
