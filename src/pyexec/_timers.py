@@ -8,7 +8,7 @@ _outcomes, which reads ``kill_reason`` and ``kill_target``). Stranded calls
 through the lanes' claim words (see _lanes), for an idle worker. Both return
 the seconds until they must look again: the manager's wait timeout.
 
-A mixin of Manager: these methods run in the manager thread only, with
+No state of its own. A mixin of Manager: these methods run in the manager thread only, with
 dispatch_lock held, when the manager is about to wait. They write the lanes'
 ``kill_reason``, ``kill_target``, ``swept``, the revoked calls' ``where``,
 and ``pending`` (revoked calls go first in line again, see _requeue).

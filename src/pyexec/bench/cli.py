@@ -2,7 +2,8 @@
 
 Run 1 of every pool, then run 2 of every pool in a rotated order, and so on,
 so a noisy neighbour slows every pool alike. Workloads, pools, the floor and
-the report each live in their own module; this one only orchestrates.
+the report each live in their own module; this one only orchestrates, in the
+bench's one thread; the results document it builds is its only state.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The results document printed as a Markdown table, or drawn as a PNG (matplotlib).
 
 Both read only the document (``--load`` prints a saved ``--json`` file) and the
-workload registry, for each row's unit, direction and kind.
+workload registry, for each row's unit, direction and kind. No state; any thread.
 """
 
 from __future__ import annotations
