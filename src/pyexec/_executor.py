@@ -10,10 +10,13 @@ not use its parent's pool.
 Module layout, from the top::
 
     _executor  the API            _tasks    a call's record, a map job, pending
-    _manager   the manager's loop _dispatch its sending, _outcomes its receiving
+    _manager   the manager's loop _dispatch its sending, _outcomes its receiving,
+                                  _timers   its deadlines and stranded calls
     _handoff   caller-thread fast paths (direct, help) and the masked-fd rule
     _lanes     one worker         _launch   starting workers (_zygote under fork)
     _worker    a worker's loop    _frames, _waiter, _fds, _native: the C core's face
+    _payloads, _buffers: big buffers through shared memory; _future, _errors;
+    _build, _version: the build; dask (DaskExecutor) and bench stand apart
 """
 
 from __future__ import annotations

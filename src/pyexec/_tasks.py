@@ -6,7 +6,10 @@ under the executor's lock; the manager pops without it), a lane's
 ``inflight`` (the manager thread, or a caller's thread in a hand-off holding
 dispatch_lock: see _handoff), or settled. A Task's fields are written by
 whoever holds it there; ``kill`` by the manager thread alone. A MapJob's
-``items``, ``next_index`` and ``queued`` change under the executor's lock.
+``items``, ``next_index`` and ``queued`` change under the executor's lock;
+its pickle_items and pickle_blocks run in map()'s thread and change none of
+its fields. count_pending may run on any thread; cancel_pending runs in
+shutdown()'s.
 """
 
 from __future__ import annotations
