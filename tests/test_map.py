@@ -90,9 +90,9 @@ def test_default_map_unpicklable_item_and_result_fail_at_their_item():
 def test_items_beyond_what_map_pickles_ahead(monkeypatch):
     """Past PICKLE_AHEAD bytes, map() leaves the items to the manager, which
     pickles them as it sends them: same results, same failure at its own item."""
-    from pyexec import _executor
+    from pyexec import _tasks
 
-    monkeypatch.setattr(_executor, "PICKLE_AHEAD", 100)
+    monkeypatch.setattr(_tasks, "PICKLE_AHEAD", 100)
     with pyexec.ProcessPoolExecutor(2) as ex:
         assert list(ex.map(square, list(range(5000)))) == [i * i for i in range(5000)]
         items: list = list(range(3000))

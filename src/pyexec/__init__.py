@@ -1,4 +1,7 @@
-"""pyexec: a drop-in, faster ``concurrent.futures.ProcessPoolExecutor``."""
+"""pyexec: a drop-in, faster ``concurrent.futures.ProcessPoolExecutor``.
+
+The public names, nothing else: no state of its own, nothing started at import.
+"""
 
 from ._errors import BrokenProcessPool, CallUnpicklingError, TaskTerminated, TaskTimeout, WorkerDied
 from ._executor import PoolStats, ProcessPoolExecutor

@@ -5,6 +5,7 @@ retyped; every ``#define`` value there is replaced by ``...`` so the compiler
 supplies it. The build stamp (package version and a hash of the C sources) is
 compiled in, and checked by ``pyexec._native`` at import. Wheels leave
 this module out (it needs ``csrc/``, which only the sdist and a clone have).
+It runs at build time only, never in a pool: no state, no threads.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from __future__ import annotations
 import pickle
 import signal
 import time
+from typing import Any
 
 from . import _frames as frames
 from ._buffers import Pickled
@@ -153,14 +154,12 @@ class Dispatch:
                 if w.quota is not None:
                     room = min(room, w.quota)
                 idle = not inflight
-                push = w.writer.push
                 chan = w.chan
                 # Bytes of big arguments w may still take: beyond, a call waits
                 # for earlier ones to free their slots (not a fresh segment).
                 limited = chan is not None and chan.size > 0
                 budget = chan.budget() if limited else 0
                 releases = chan.releases if chan is not None else ()
-                KIND_CALL = frames.KIND_CALL
                 sent = 0
                 while sent < room:
                     try:
@@ -186,24 +185,7 @@ class Dispatch:
                             and pending[0].oob is None
                         ):
                             run.append(pending.popleft())
-                        started = start_fast(run)  # cancelled ones are left out
-                        if started is not run:
-                            self.cancelled += len(run) - len(started)
-                        seq = w.sent
-                        for task in started:
-                            report = frames.FLAG_STARTED if task.timeout is not None else 0
-                            if task.oob is None and not releases:
-                                push(KIND_CALL, task.tid, task.payload, report)
-                            else:
-                                encoded = self._encode_call(w, task)
-                                if encoded is None:
-                                    continue  # it could not be pickled: settled
-                                push(KIND_CALL, task.tid, encoded[0], report | encoded[1])
-                            seq += 1
-                            task.seq = seq
-                            inflight.append(task)
-                            sent += 1
-                        w.sent = seq
+                        sent += self._push_run(w, run, releases)
                     elif task.start():  # a map item sent again after a restart
                         sent += self._push_batch(w, task.job, room - sent, [task])
                     else:
@@ -218,6 +200,32 @@ class Dispatch:
                 w.quota == 0 or w.recycle or (stopping and not pending and not inflight)
             ):
                 self._ask_exit(w, now)
+
+    def _push_run(self, w: Lane, run: list[Task], releases: Any) -> int:
+        """Send a run of submitted calls (popped from pending) to w, marked
+        running together, the cancelled ones left out; return how many were
+        sent. One call per run, not per call: a run is up to w's room."""
+        started = start_fast(run)
+        if started is not run:
+            self.cancelled += len(run) - len(started)
+        push = w.writer.push
+        inflight = w.inflight
+        KIND_CALL = frames.KIND_CALL
+        first = seq = w.sent
+        for task in started:
+            report = frames.FLAG_STARTED if task.timeout is not None else 0
+            if task.oob is None and not releases:
+                push(KIND_CALL, task.tid, task.payload, report)
+            else:
+                encoded = self._encode_call(w, task)
+                if encoded is None:
+                    continue  # it could not be pickled: settled
+                push(KIND_CALL, task.tid, encoded[0], report | encoded[1])
+            seq += 1
+            task.seq = seq
+            inflight.append(task)
+        w.sent = seq
+        return seq - first
 
     def _encode_call(self, w: Lane, task: Task) -> tuple[bytes, int] | None:
         """A call's frame payload and flags for w: its big buffers placed in w's

@@ -1,4 +1,4 @@
-"""Exceptions pyexec raises.
+"""Exceptions pyexec raises. No state: classes and a constant, for any thread.
 
 ``BrokenProcessPool`` is the standard library's own class, so code that catches
 ``concurrent.futures.process.BrokenProcessPool`` keeps working unchanged; the

@@ -10,10 +10,13 @@ not use its parent's pool.
 Module layout, from the top::
 
     _executor  the API            _tasks    a call's record, a map job, pending
-    _manager   the manager's loop _dispatch its sending, _outcomes its receiving
+    _manager   the manager's loop _dispatch its sending, _outcomes its receiving,
+                                  _timers   its deadlines and stranded calls
     _handoff   caller-thread fast paths (direct, help) and the masked-fd rule
     _lanes     one worker         _launch   starting workers (_zygote under fork)
     _worker    a worker's loop    _frames, _waiter, _fds, _native: the C core's face
+    _payloads, _buffers: big buffers through shared memory; _future, _errors;
+    _build, _version: the build; dask (DaskExecutor) and bench stand apart
 """
 
 from __future__ import annotations
@@ -38,11 +41,9 @@ from typing import Any
 from . import _fds, _payloads
 from ._errors import BrokenProcessPool
 from ._future import Future
-from ._launch import Launcher, ProcessLauncher
-from ._manager import Manager, forking, managers
-from ._tasks import MapJob, RawBlock, Task, drain_pending, dump_call, dump_call_with, split_block
+from ._manager import Manager, managers, prepare
+from ._tasks import MapJob, Task, cancel_pending, count_pending, dump_call, dump_call_with
 from ._worker import WorkerConfig
-from ._zygote import ZygoteLauncher
 
 # submit() writes a call straight to an idle worker when the manager sleeps,
 # if its pickle is smaller than this (an idle worker's empty pipe takes it
@@ -115,13 +116,9 @@ def _default_workers() -> int:
     return count() or 1
 
 
-# The default map's blocks (items pickled together by map()'s thread) hold at
-# most this many items; map() hands them to the manager this many at a time.
+# The default map's blocks (items pickled together by map()'s thread, see
+# MapJob.pickle_blocks) hold at most this many items.
 BLOCK_MAX = 1024
-BLOCKS_PER_QUEUE = 64
-# map() pickles at most about this many bytes of a map's items itself; the
-# manager pickles the rest as it sends them.
-PICKLE_AHEAD = 32 * 1024 * 1024
 _END = object()  # closes a list drained by _drain
 
 
@@ -382,6 +379,38 @@ def _map_via_submit(
     return result_iterator()
 
 
+def _check_arguments(
+    max_workers: int | None,
+    initializer: Callable[..., object] | None,
+    max_tasks_per_child: int | None,
+    on_crash: str,
+    task_timeout: float | None,
+    max_memory_per_child: int | None,
+    serializer: str,
+) -> None:
+    """Raise ValueError or TypeError for a bad argument of ProcessPoolExecutor()
+    (with the stdlib's messages for the stdlib's arguments)."""
+    if max_workers is not None and max_workers <= 0:
+        raise ValueError("max_workers must be greater than 0")
+    if initializer is not None and not callable(initializer):
+        raise TypeError("initializer must be a callable")
+    if max_tasks_per_child is not None:
+        if not isinstance(max_tasks_per_child, int):
+            raise TypeError("max_tasks_per_child must be an integer")
+        if max_tasks_per_child <= 0:
+            raise ValueError("max_tasks_per_child must be >= 1")
+    if on_crash not in ("break", "restart"):
+        raise ValueError(f"on_crash must be 'break' or 'restart', not {on_crash!r}")
+    if task_timeout is not None and not task_timeout > 0:
+        raise ValueError(f"task_timeout must be None or > 0, not {task_timeout!r}")
+    if max_memory_per_child is not None and max_memory_per_child <= 0:
+        raise ValueError("max_memory_per_child must be None or > 0 (bytes)")
+    if not isinstance(serializer, str):
+        raise TypeError(f"serializer must be 'pickle' or 'cloudpickle', not {serializer!r}")
+    if serializer not in ("pickle", "cloudpickle"):
+        raise ValueError(f"serializer must be 'pickle' or 'cloudpickle', not {serializer!r}")
+
+
 class ProcessPoolExecutor(Executor):
     """A drop-in ``concurrent.futures.ProcessPoolExecutor``, faster, with opt-in extras.
 
@@ -409,29 +438,19 @@ class ProcessPoolExecutor(Executor):
         serializer: str = "pickle",
         arena_size: int | None = None,
     ) -> None:
+        _check_arguments(
+            max_workers,
+            initializer,
+            max_tasks_per_child,
+            on_crash,
+            task_timeout,
+            max_memory_per_child,
+            serializer,
+        )
         if max_workers is None:
             max_workers = _default_workers()
-        elif max_workers <= 0:
-            raise ValueError("max_workers must be greater than 0")
         if mp_context is None:
             mp_context = multiprocessing.get_context()
-        if initializer is not None and not callable(initializer):
-            raise TypeError("initializer must be a callable")
-        if max_tasks_per_child is not None:
-            if not isinstance(max_tasks_per_child, int):
-                raise TypeError("max_tasks_per_child must be an integer")
-            if max_tasks_per_child <= 0:
-                raise ValueError("max_tasks_per_child must be >= 1")
-        if on_crash not in ("break", "restart"):
-            raise ValueError(f"on_crash must be 'break' or 'restart', not {on_crash!r}")
-        if task_timeout is not None and not task_timeout > 0:
-            raise ValueError(f"task_timeout must be None or > 0, not {task_timeout!r}")
-        if max_memory_per_child is not None and max_memory_per_child <= 0:
-            raise ValueError("max_memory_per_child must be None or > 0 (bytes)")
-        if not isinstance(serializer, str):
-            raise TypeError(f"serializer must be 'pickle' or 'cloudpickle', not {serializer!r}")
-        if serializer not in ("pickle", "cloudpickle"):
-            raise ValueError(f"serializer must be 'pickle' or 'cloudpickle', not {serializer!r}")
         self._dumps: Callable = pickle.dumps
         if serializer == "cloudpickle":
             try:
@@ -612,7 +631,7 @@ class ProcessPoolExecutor(Executor):
             # one call per item.
             chunksize = 1
         if chunksize == 1:
-            job = self._new_job(fn, star, bar)
+            job = MapJob(fn, star, self._task_timeout, self._dumps, False, bar)
             return self._map(job, items, end_time, buffersize, unordered, per_item=True)
         chunks: Iterator[Any]
         seq = iterables[0]
@@ -622,23 +641,10 @@ class ProcessPoolExecutor(Executor):
             chunks = _sliced(seq, chunksize)
         else:
             chunks = _batched(items, chunksize)
-        job = self._new_job(partial(_process_chunk, fn, star), False, bar)
+        chunk_fn = partial(_process_chunk, fn, star)
+        job = MapJob(chunk_fn, False, self._task_timeout, self._dumps, False, bar)
         job.lists = True
         return self._map(job, chunks, end_time, buffersize, unordered, per_item=False)
-
-    def _new_job(
-        self, fn: Callable, star: bool, bar: _Progress | None, chunked: bool = False
-    ) -> MapJob:
-        """A map job, fn pickled once here (a failure fails each item at its turn)."""
-        try:
-            fn_pickle: Any = self._dumps(fn, pickle.HIGHEST_PROTOCOL)
-        except KeyboardInterrupt:
-            raise
-        except BaseException as exc:
-            fn_pickle = exc
-        job = MapJob(fn, star, self._task_timeout, fn_pickle, chunked, bar)
-        job.dumps = self._dumps
-        return job
 
     def _map(
         self,
@@ -652,7 +658,6 @@ class ProcessPoolExecutor(Executor):
         """map with one call per item (per_item) or per explicit chunk (a list of results)."""
         total = self._submit_items(
             job,
-            0,
             itertools.islice(calls, buffersize) if buffersize else calls,
             announce=per_item and not buffersize,
         )
@@ -663,9 +668,7 @@ class ProcessPoolExecutor(Executor):
 
             def refill() -> None:
                 if executor := executor_weakref():
-                    state.total += executor._submit_items(
-                        job, state.total, itertools.islice(calls, 1)
-                    )
+                    state.total += executor._submit_items(job, itertools.islice(calls, 1))
 
         return _result_iterator(state, refill, refill_per_item=False)
 
@@ -681,7 +684,7 @@ class ProcessPoolExecutor(Executor):
         unordered: bool,
     ) -> Iterator[Any]:
         """The default map: items pickled here in blocks, sent in chunks sized as they run."""
-        job = self._new_job(fn, star, bar, chunked=True)
+        job = MapJob(fn, star, self._task_timeout, self._dumps, True, bar)
         state = _MapState(job, 0, end_time, unordered)
         refill = None
         if buffersize:
@@ -707,71 +710,24 @@ class ProcessPoolExecutor(Executor):
             state.total = self._submit_blocks(job, 0, seq, bmax)
         return _result_iterator(state, refill, refill_per_item=True)
 
-    def _submit_items(
-        self, job: MapJob, start: int, items: Iterable[Any], announce: bool = False
-    ) -> int:
-        """Queue map items (one call each) from index start, each pickled here;
-        return how many. announce: the count is the map's total (a progress bar's)."""
+    def _submit_items(self, job: MapJob, items: Iterable[Any], announce: bool = False) -> int:
+        """Queue map items (one call each), each pickled here; return how many.
+        announce: the count is the map's total (a progress bar's)."""
         self._check_owner()
-        fn_error = job.fn_pickle if job.fn_pickle.__class__ is not bytes else None
-        pickles: list = []
-        dumps, proto = self._dumps, pickle.HIGHEST_PROTOCOL
-        for item in items:
-            if fn_error is not None:
-                pickles.append(fn_error)
-                continue
-            try:
-                pickles.append(dumps(item, proto))
-            except KeyboardInterrupt:
-                raise
-            except BaseException as exc:  # that item alone fails, at its turn
-                pickles.append(exc)
+        pickles = job.pickle_items(items)
         if announce and job.progress is not None:
             job.progress.known(len(pickles))  # before any item can finish
-        if not pickles:
-            return 0
-        self._queue_entries(job, pickles, len(pickles))
+        if pickles:
+            self._queue_entries(job, pickles, len(pickles))
         return len(pickles)
 
     def _submit_blocks(self, job: MapJob, start: int, seq: Any, bmax: int) -> int:
         """Queue the items of seq (a range, list or tuple) from index start, in
-        blocks pickled here: 1, 1, 2, 2, 4, ... items, at most bmax; return how many."""
+        blocks pickled here (see MapJob.pickle_blocks); return how many."""
         self._check_owner()
-        n = len(seq)
-        if not n:
-            return 0
-        fn_error = job.fn_pickle if job.fn_pickle.__class__ is not bytes else None
-        dumps, proto = self._dumps, pickle.HIGHEST_PROTOCOL
-        blocks: list = []
-        i, size, queued, ahead = 0, 1, 0, 0
-        while i < n:
-            part = seq[i : i + size]
-            if fn_error is not None:
-                blocks.append((start + i, len(part), fn_error))
-            elif ahead > PICKLE_AHEAD:
-                # Enough pickles held at once: the manager pickles the rest as
-                # it sends them (big items are not all copied up front).
-                blocks.append((start + i, len(part), RawBlock(part)))
-            else:
-                try:
-                    data = dumps(part, proto)
-                except KeyboardInterrupt:
-                    raise
-                except BaseException:  # find the item: it alone fails, at its turn
-                    blocks.extend(split_block(dumps, part, start + i))
-                else:
-                    ahead += len(data)
-                    blocks.append((start + i, len(part), data))
-                    del data
-            i += len(part)
-            if size < bmax and len(blocks) % 2 == 0:
-                size = min(bmax, size * 2)
-            if len(blocks) >= BLOCKS_PER_QUEUE:  # the workers start while the rest is pickled
-                self._queue_entries(job, blocks, i - queued)
-                queued, blocks = i, []
-        if blocks:
-            self._queue_entries(job, blocks, n - queued)
-        return n
+        for blocks, count in job.pickle_blocks(start, seq, bmax):
+            self._queue_entries(job, blocks, count)
+        return len(seq)
 
     def _queue_entries(self, job: MapJob, entries: list, count: int) -> None:
         """Append a job's entries (count items) and make sure the manager sees them."""
@@ -824,17 +780,7 @@ class ProcessPoolExecutor(Executor):
         mgr = self._mgr
         held = sum(len(w.inflight) for w in list(mgr.workers)) if mgr is not None else 0
         room = self._max_workers + 1 - held
-        keep = []
-        dropped = 0
-        for task in drain_pending(self._pending, self._lock, self._ids):
-            if room > 0 and task.start():
-                keep.append(task)
-                room -= 1
-            elif task.cancel():
-                dropped += getattr(task, "count", 1)  # a chunk of a map: its items
-            else:
-                keep.append(task)  # already running (requeued after a restart)
-        self._pending.extendleft(reversed(keep))
+        dropped = cancel_pending(self._pending, self._lock, self._ids, room)
         with self._lock:
             self._cancelled += dropped
 
@@ -887,17 +833,8 @@ class ProcessPoolExecutor(Executor):
     def stats(self) -> PoolStats:
         """A cheap snapshot of the counters, for monitoring."""
         mgr = self._mgr
-        # A copy made in one C call, which no other thread interleaves with:
-        # the manager takes from the deque without the executor's lock, and
-        # iterating it in Python while it did raised "deque mutated".
-        queued = tuple(self._pending)
-        # A dropped map's items leave at once (the manager discards them later).
-        pending = sum(
-            (0 if e.cancelled else e.waiting) if e.__class__ is MapJob else 1 for e in queued
-        )
-        early, dropped = self._unpickled, self._cancelled
-        # ...and count as cancelled at once (the manager counts them when it does).
-        dropped += sum(e.waiting for e in queued if e.__class__ is MapJob and e.cancelled)
+        pending, dropped = count_pending(self._pending)
+        early, dropped = self._unpickled, self._cancelled + dropped
         if mgr is None:
             return PoolStats(early, 0, early, pending, 0, 0, 0, dropped)
         submitted, completed, failed, running, alive, replaced, cancelled = mgr.counters()
@@ -931,25 +868,8 @@ class ProcessPoolExecutor(Executor):
             )
 
     def _start(self) -> Manager:
-        """Start the manager (under self._lock). Under fork, fork the first worker
-        and the zygote first, while no pyexec thread runs."""
-        # Made before any fork: what it writes then costs no copy-on-write
-        # fault afterwards, in the parent, while the first worker starts.
-        mgr = Manager(self)
-        try:
-            if self._start_method == "fork":
-                # One worker forked at once for the first call; more as the backlog
-                # asks (forking all of them up front made startup 1.5x slower).
-                # Other pools' manager threads are parked around the forks,
-                # one pool at a time.
-                with forking():
-                    launcher: Launcher = ZygoteLauncher(self._config)
-            else:
-                launcher = ProcessLauncher(self._mp_context, self._config)
-        except BaseException:
-            mgr.close_fds()
-            raise
-        mgr.attach(launcher)
+        """Start the manager (under self._lock): see _manager.prepare."""
+        mgr = prepare(self)
         self._mgr = mgr
         mgr.thread.start()
         return mgr

@@ -1,10 +1,13 @@
-"""The manager thread: its state, its loop, the requests of other threads, shutdown.
+"""The manager thread: its state, its start (``prepare``: the launcher chosen,
+the zygote forked first under fork), its loop, the requests of other
+threads, shutdown.
 
 What the loop does in between is split by direction, as mixins of Manager
 (the state stays the manager thread's; a call between them is a method
 call as before): _dispatch sends (pending calls to workers, starting
-workers), _outcomes receives (results, deaths, deadlines, a broken pool),
-_handoff holds the two paths callers' threads run themselves.
+workers), _outcomes receives (results, deaths, a broken pool), _timers acts
+as time passes (deadlines, stranded calls), _handoff holds the two paths
+callers' threads run themselves.
 
 Data flow::
 
@@ -30,7 +33,7 @@ weakref, whose callback wakes it, so a dropped executor shuts down as if
 A worker whose head call runs long (or which cannot run at all: stopped by
 SIGSTOP) while another idles gives back the calls queued behind that head:
 the manager revokes them on the worker's claim word, which the worker checks
-before each call, and sends them elsewhere (_outcomes' _unstrand, _lanes).
+before each call, and sends them elsewhere (_timers' _unstrand, _lanes).
 The long call itself keeps running.
 
 The parent knows which calls each worker holds, so a dead worker loses only
@@ -56,10 +59,12 @@ from ._dispatch import Dispatch
 from ._errors import BROKEN_PREFIX
 from ._handoff import HandOff
 from ._lanes import Kill, Lane, State, Window
-from ._launch import Launcher
+from ._launch import Launcher, ProcessLauncher
 from ._outcomes import EXIT_STATUS_WAIT, Outcomes
 from ._tasks import ChunkTask, Task
+from ._timers import Timers
 from ._waiter import READABLE, Waiter
+from ._zygote import ZygoteLauncher
 
 if TYPE_CHECKING:
     from ._executor import ProcessPoolExecutor
@@ -103,7 +108,31 @@ def forking() -> Iterator[list[Manager]]:
             _fork_lock.release()
 
 
-class Manager(Dispatch, Outcomes, HandOff):
+def prepare(executor: ProcessPoolExecutor) -> Manager:
+    """A pool's manager, with its launcher, not started yet (the executor's
+    lock held). Under fork, the first worker and the zygote are forked first,
+    while no pyexec thread of this pool runs."""
+    # Made before any fork: what it writes then costs no copy-on-write
+    # fault afterwards, in the parent, while the first worker starts.
+    mgr = Manager(executor)
+    try:
+        if executor._start_method == "fork":
+            # One worker forked at once for the first call; more as the backlog
+            # asks (forking all of them up front made startup 1.5x slower).
+            # Other pools' manager threads are parked around the forks,
+            # one pool at a time.
+            with forking():
+                launcher: Launcher = ZygoteLauncher(executor._config)
+        else:
+            launcher = ProcessLauncher(executor._mp_context, executor._config)
+    except BaseException:
+        mgr.close_fds()
+        raise
+    mgr.attach(launcher)
+    return mgr
+
+
+class Manager(Dispatch, Outcomes, Timers, HandOff):
     """The manager thread's state. It never holds a strong ref to the executor."""
 
     def __init__(self, executor: ProcessPoolExecutor) -> None:

@@ -6,7 +6,10 @@ under the executor's lock; the manager pops without it), a lane's
 ``inflight`` (the manager thread, or a caller's thread in a hand-off holding
 dispatch_lock: see _handoff), or settled. A Task's fields are written by
 whoever holds it there; ``kill`` by the manager thread alone. A MapJob's
-``items``, ``next_index`` and ``queued`` change under the executor's lock.
+``items``, ``next_index`` and ``queued`` change under the executor's lock;
+its pickle_items and pickle_blocks run in map()'s thread and change none of
+its fields. count_pending may run on any thread; cancel_pending runs in
+shutdown()'s.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 import pickle
 import sys
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import CancelledError, InvalidStateError
 from queue import SimpleQueue
 from types import BuiltinFunctionType, FunctionType, ModuleType
@@ -201,13 +204,20 @@ class MapJob:
         fn: Callable,
         star: bool,
         timeout: float | None,
-        fn_pickle: bytes = b"",
+        dumps: Callable = pickle.dumps,
         chunked: bool = False,
         progress: Any = None,
     ) -> None:
         self.fn = fn
-        self.fn_pickle = fn_pickle  # fn's pickle, made once by map()
-        self.dumps: Callable = pickle.dumps  # the executor's serializer
+        # fn's pickle, made once here, in map()'s thread (a failure fails each
+        # item at its turn).
+        try:
+            self.fn_pickle: Any = dumps(fn, pickle.HIGHEST_PROTOCOL)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
+            self.fn_pickle = exc
+        self.dumps = dumps  # the executor's serializer
         self.star = star  # items are argument tuples: fn(*item); else fn(item)
         self.timeout = timeout
         self.chunked = chunked
@@ -269,6 +279,63 @@ class MapJob:
         self.waiting -= count
         return ChunkTask(next(ids), self, start, count, blocks)
 
+    def pickle_items(self, items: Iterable[Any]) -> list:
+        """Each item's pickle (one call each), made in map()'s thread; an item
+        that cannot be pickled (every item, when fn could not be) has the
+        exception instead, and fails alone, at its turn."""
+        fn_error = self.fn_pickle if self.fn_pickle.__class__ is not bytes else None
+        pickles: list = []
+        dumps, proto = self.dumps, pickle.HIGHEST_PROTOCOL
+        for item in items:
+            if fn_error is not None:
+                pickles.append(fn_error)
+                continue
+            try:
+                pickles.append(dumps(item, proto))
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # that item alone fails, at its turn
+                pickles.append(exc)
+        return pickles
+
+    def pickle_blocks(self, start: int, seq: Any, bmax: int) -> Iterator[tuple[list, int]]:
+        """The items of seq (a range, list or tuple) from index start, as blocks
+        pickled in map()'s thread: 1, 1, 2, 2, 4, ... items, at most bmax. Yields
+        (blocks, items in them) every BLOCKS_PER_QUEUE blocks, to be queued at
+        once: the workers start while the rest is pickled."""
+        n = len(seq)
+        fn_error = self.fn_pickle if self.fn_pickle.__class__ is not bytes else None
+        dumps, proto = self.dumps, pickle.HIGHEST_PROTOCOL
+        blocks: list = []
+        i, size, queued, ahead = 0, 1, 0, 0
+        while i < n:
+            part = seq[i : i + size]
+            if fn_error is not None:
+                blocks.append((start + i, len(part), fn_error))
+            elif ahead > PICKLE_AHEAD:
+                # Enough pickles held at once: the manager pickles the rest as
+                # it sends them (big items are not all copied up front).
+                blocks.append((start + i, len(part), RawBlock(part)))
+            else:
+                try:
+                    data = dumps(part, proto)
+                except KeyboardInterrupt:
+                    raise
+                except BaseException:  # find the item: it alone fails, at its turn
+                    blocks.extend(split_block(dumps, part, start + i))
+                else:
+                    ahead += len(data)
+                    blocks.append((start + i, len(part), data))
+                    del data
+            i += len(part)
+            if size < bmax and len(blocks) % 2 == 0:
+                size = min(bmax, size * 2)
+            if len(blocks) >= BLOCKS_PER_QUEUE:
+                yield blocks, i - queued
+                queued, blocks = i, []
+        if blocks:
+            yield blocks, n - queued
+
     def note(self, n: int) -> None:
         """n more items are done: tell the progress bar, if any."""
         progress = self.progress
@@ -299,9 +366,16 @@ def split_block(dumps: Callable, part: Any, start: int) -> list:
     return out
 
 
+# map() pickles at most about this many bytes of a map's items itself; the
+# manager pickles the rest as it sends them (RawBlock).
+PICKLE_AHEAD = 32 * 1024 * 1024
+# map() hands the default map's blocks to the manager this many at a time.
+BLOCKS_PER_QUEUE = 64
+
+
 class RawBlock:
     """Items of a chunked map that map() left for the manager to pickle as it
-    sends them (beyond what map() pickles ahead: see _executor.PICKLE_AHEAD)."""
+    sends them (beyond what map() pickles ahead: see PICKLE_AHEAD)."""
 
     __slots__ = ("items",)
 
@@ -395,6 +469,38 @@ def drain_pending(pending: deque, lock: Any, ids: Iterator[int]) -> list[Task]:
                 entry.queued = False
         else:
             out.append(entry)
+
+
+def cancel_pending(pending: deque, lock: Any, ids: Iterator[int], room: int) -> int:
+    """shutdown(cancel_futures=True): cancel the pending calls but the first
+    room (those the stdlib's call queue would hold, marked running) and those
+    already running (requeued after a restart); return how many items were
+    dropped (a chunk of a map counts its items)."""
+    keep = []
+    dropped = 0
+    for task in drain_pending(pending, lock, ids):
+        if room > 0 and task.start():
+            keep.append(task)
+            room -= 1
+        elif task.cancel():
+            dropped += getattr(task, "count", 1)  # a chunk of a map: its items
+        else:
+            keep.append(task)  # already running (requeued after a restart)
+    pending.extendleft(reversed(keep))
+    return dropped
+
+
+def count_pending(pending: deque) -> tuple[int, int]:
+    """For stats(), from any thread: (calls waiting, items of dropped maps not
+    yet discarded). A dropped map's items leave at once and count as
+    cancelled at once (the manager counts them when it discards them)."""
+    # A copy made in one C call, which no other thread interleaves with:
+    # the manager takes from the deque without the executor's lock, and
+    # iterating it in Python while it did raised "deque mutated".
+    queued = tuple(pending)
+    waiting = sum((0 if e.cancelled else e.waiting) if e.__class__ is MapJob else 1 for e in queued)
+    dropped = sum(e.waiting for e in queued if e.__class__ is MapJob and e.cancelled)
+    return waiting, dropped
 
 
 # Pickles of module-level functions (which pickle by reference: module and

@@ -351,6 +351,30 @@ class _Record:
         self.dfut: Any = None
 
 
+def _connect(address: str | None, n_workers: int | None) -> tuple[distributed.Client, Any]:
+    """A client of its own: to address, or to a LocalCluster started now on
+    127.0.0.1 (then returned too, to be closed at shutdown; else None)."""
+    cluster: Any = None
+    if address is None:
+        cluster = distributed.LocalCluster(
+            n_workers=n_workers or os.cpu_count() or 1,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,  # no dashboard
+            # The scheduler's plain HTTP routes (/health) still listen: on a free
+            # loopback port, not on 8787 (taken if another cluster runs here).
+            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+        )
+    try:
+        client = distributed.Client(cluster if address is None else address, set_as_default=False)
+    except BaseException:
+        if cluster is not None:
+            cluster.close()
+        raise
+    return client, cluster
+
+
 class _DaskPool(Executor):
     """What a DaskExecutor owns: the client (and cluster), the records of its calls, the
     counters, and the collector thread that settles the futures. The collector holds this
@@ -377,28 +401,10 @@ class _DaskPool(Executor):
             raise ValueError("n_workers must be >= 1")
         self._on_crash = on_crash
         self._task_timeout = task_timeout
-        self._cluster: Any = None
         self._own_client = client is None
+        self._cluster: Any = None
         if client is None:
-            if address is None:
-                self._cluster = distributed.LocalCluster(
-                    n_workers=n_workers or os.cpu_count() or 1,
-                    threads_per_worker=1,
-                    processes=True,
-                    host="127.0.0.1",
-                    dashboard_address=None,  # no dashboard
-                    # The scheduler's plain HTTP routes (/health) still listen: on a free
-                    # loopback port, not on 8787 (taken if another cluster runs here).
-                    scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
-                )
-            try:
-                client = distributed.Client(
-                    self._cluster if address is None else address, set_as_default=False
-                )
-            except BaseException:
-                if self._cluster is not None:
-                    self._cluster.close()
-                raise
+            client, self._cluster = _connect(address, n_workers)
         self._client = client
         self._id = uuid.uuid4().hex[:16]
         self._topic = _PREFIX + self._id

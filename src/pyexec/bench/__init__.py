@@ -26,5 +26,7 @@ or, when that fails, the same ping-pong between two Python processes.
 
 Modules: ``cli`` (arguments, the interleaved run), ``workloads`` (the registry
 of workloads), ``pools`` (the pool adapters), ``floor`` (the pipe floor),
-``report`` (table, plot).
+``report`` (table, plot). The bench runs in one thread (the pools under test
+have their own threads and processes); no module keeps state between runs but
+the floor programs' compile cache, a directory.
 """

@@ -1,4 +1,4 @@
-"""Entry point of ``python -m pyexec.bench`` (see ``pyexec.bench.cli``)."""
+"""Entry point of ``python -m pyexec.bench`` (see ``pyexec.bench.cli``). No state."""
 
 import sys
 

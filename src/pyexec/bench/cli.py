@@ -2,7 +2,8 @@
 
 Run 1 of every pool, then run 2 of every pool in a rotated order, and so on,
 so a noisy neighbour slows every pool alike. Workloads, pools, the floor and
-the report each live in their own module; this one only orchestrates.
+the report each live in their own module; this one only orchestrates, in the
+bench's one thread; the results document it builds is its only state.
 """
 
 from __future__ import annotations
@@ -93,74 +94,18 @@ def run(cfg: Config) -> dict:
         t_row = time.perf_counter()
         per_pool: dict[str, dict] = {p: {"runs": [], "errors": []} for p in cfg.pools}
         results[workload] = per_pool
-        wl = WORKLOADS[workload]
         for name in cfg.pools:
             why = not_applicable(workload, name)
             if why:
                 per_pool[name]["na"] = why
                 _log(f"  {workload:<16}{name:<21} n/a: {why}")
         todo = [p for p in cfg.pools if "na" not in per_pool[p]]
-        if wl.kind == "process":
-            for name in todo:
-                n = cfg.process_count(workload, name)
-                _log(f"  {workload:<16}{name:<21} {n:,} items, in a fresh process")
-                try:
-                    out = run_in_process(workload, name, cfg.workers, cfg.method, n)
-                except (RuntimeError, subprocess.SubprocessError, ValueError) as exc:
-                    per_pool[name]["errors"].append(str(exc))
-                    _log(f"    failed: {exc}")
-                    continue
-                per_pool[name].update(out)
-                per_pool[name]["runs"].append(out[wl.value])
-                _log(f"    {_fmt_secs(out['seconds'])}, peak RSS {out['peak_rss_mib']:.0f} MiB")
-            row_seconds[workload] = time.perf_counter() - t_row
-            continue
-        n = cfg.count(workload)
-        exe = floor_program() if wl.floor else None
-        floor_runs: list[float] = []
-        for r in range(cfg.repeats if todo else 0):
-            k = r % len(todo)
-            order = todo[k:] + todo[:k]  # rotate: no pool always goes first
-            for name in order:
-                faulthandler.dump_traceback_later(cfg.run_timeout, exit=True)
-                try:
-                    value = run_once(name, workload, cfg.workers, cfg.method, n)
-                except Exception as exc:  # report it, go on with the other pools
-                    per_pool[name]["errors"].append(f"{type(exc).__name__}: {exc}")
-                    _log(f"  {workload:<16}{name:<21} run {r + 1}: FAILED {exc!r}")
-                    continue
-                finally:
-                    faulthandler.cancel_dump_traceback_later()
-                per_pool[name]["runs"].append(value)
-                _log(f"  {workload:<16}{name:<21} run {r + 1}: {value:,.1f} {wl.unit}")
-            if wl.floor:
-                floor_runs.append(pipe_floor(n, exe))
+        if WORKLOADS[workload].kind == "process":
+            _run_process_row(cfg, workload, per_pool, todo)
+        else:
+            floor = _run_timed_row(cfg, workload, per_pool, todo) or floor
         row_seconds[workload] = time.perf_counter() - t_row
-        if wl.floor:
-            floor = {
-                "kind": "C (cc)" if exe else "Python os.pipe",
-                "runs": floor_runs,
-                "median": statistics.median(floor_runs),
-                "unit": "µs/round trip",
-            }
-    for workload, per_pool in results.items():
-        wl = WORKLOADS[workload]
-        unit, higher = wl.unit, wl.higher_is_better
-        for name, res in per_pool.items():
-            res["unit"] = unit
-            res["higher_is_better"] = higher
-            if wl.kind == "process":
-                res["count"] = cfg.process_count(workload, name)
-            else:
-                res["count"] = cfg.count(workload)
-            res["median"] = statistics.median(res["runs"]) if res["runs"] else None
-        base = per_pool.get(wl.baseline or BASELINE, {}).get("median")
-        for res in per_pool.values():
-            m = res["median"]
-            if base and m:
-                res["speedup"] = m / base if higher else base / m
-            else:
-                res["speedup"] = None
+    _summarize(cfg, results)
     return {
         "meta": {
             "python": platform.python_version(),
@@ -184,6 +129,82 @@ def run(cfg: Config) -> dict:
         "results": results,
         "floor": floor,
     }
+
+
+def _run_process_row(cfg: Config, workload: str, per_pool: dict, todo: list[str]) -> None:
+    """A "process" workload: one run per pool, each in a fresh process."""
+    wl = WORKLOADS[workload]
+    for name in todo:
+        n = cfg.process_count(workload, name)
+        _log(f"  {workload:<16}{name:<21} {n:,} items, in a fresh process")
+        try:
+            out = run_in_process(workload, name, cfg.workers, cfg.method, n)
+        except (RuntimeError, subprocess.SubprocessError, ValueError) as exc:
+            per_pool[name]["errors"].append(str(exc))
+            _log(f"    failed: {exc}")
+            continue
+        per_pool[name].update(out)
+        per_pool[name]["runs"].append(out[wl.value])
+        _log(f"    {_fmt_secs(out['seconds'])}, peak RSS {out['peak_rss_mib']:.0f} MiB")
+
+
+def _run_timed_row(
+    cfg: Config, workload: str, per_pool: dict, todo: list[str]
+) -> dict[str, Any] | None:
+    """A "pool" workload: cfg.repeats rounds, the pools in a rotated order each
+    round; the pipe floor measured after each round if the workload has one
+    (then returned)."""
+    wl = WORKLOADS[workload]
+    n = cfg.count(workload)
+    exe = floor_program() if wl.floor else None
+    floor_runs: list[float] = []
+    for r in range(cfg.repeats if todo else 0):
+        k = r % len(todo)
+        order = todo[k:] + todo[:k]  # rotate: no pool always goes first
+        for name in order:
+            faulthandler.dump_traceback_later(cfg.run_timeout, exit=True)
+            try:
+                value = run_once(name, workload, cfg.workers, cfg.method, n)
+            except Exception as exc:  # report it, go on with the other pools
+                per_pool[name]["errors"].append(f"{type(exc).__name__}: {exc}")
+                _log(f"  {workload:<16}{name:<21} run {r + 1}: FAILED {exc!r}")
+                continue
+            finally:
+                faulthandler.cancel_dump_traceback_later()
+            per_pool[name]["runs"].append(value)
+            _log(f"  {workload:<16}{name:<21} run {r + 1}: {value:,.1f} {wl.unit}")
+        if wl.floor:
+            floor_runs.append(pipe_floor(n, exe))
+    if not wl.floor:
+        return None
+    return {
+        "kind": "C (cc)" if exe else "Python os.pipe",
+        "runs": floor_runs,
+        "median": statistics.median(floor_runs),
+        "unit": "µs/round trip",
+    }
+
+
+def _summarize(cfg: Config, results: dict[str, dict[str, dict]]) -> None:
+    """Each cell's unit, count, median and speed-up over its row's baseline."""
+    for workload, per_pool in results.items():
+        wl = WORKLOADS[workload]
+        unit, higher = wl.unit, wl.higher_is_better
+        for name, res in per_pool.items():
+            res["unit"] = unit
+            res["higher_is_better"] = higher
+            if wl.kind == "process":
+                res["count"] = cfg.process_count(workload, name)
+            else:
+                res["count"] = cfg.count(workload)
+            res["median"] = statistics.median(res["runs"]) if res["runs"] else None
+        base = per_pool.get(wl.baseline or BASELINE, {}).get("median")
+        for res in per_pool.values():
+            m = res["median"]
+            if base and m:
+                res["speedup"] = m / base if higher else base / m
+            else:
+                res["speedup"] = None
 
 
 def _names(

@@ -1,7 +1,8 @@
 """The pools under test, behind one small interface: submit, result, map, close.
 
 Adding a pool is one subclass of ``Pool`` (its ``name``, and ``module`` if it
-needs a package that may be missing) plus its entry in ``POOL_CLASSES``.
+needs a package that may be missing) plus its entry in ``POOL_CLASSES``. A
+``Pool`` object holds one pool under test, used by the bench's one thread.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The results document printed as a Markdown table, or drawn as a PNG (matplotlib).
 
 Both read only the document (``--load`` prints a saved ``--json`` file) and the
-workload registry, for each row's unit, direction and kind.
+workload registry, for each row's unit, direction and kind. No state; any thread.
 """
 
 from __future__ import annotations
@@ -74,28 +74,7 @@ def table(doc: dict) -> str:
             label += f" [x vs {SHORT.get(wl.baseline, wl.baseline)}]"
         rows.append([label, f"{unit} {arrow}", *cells])
         if wl.kind == "process":
-            secs = []
-            rss = []
-            for p in pools:
-                res = per_pool[p]
-                if res.get("na") or res["median"] is None:
-                    secs.append("n/a" if res.get("na") else "failed")
-                    rss.append(secs[-1])
-                    continue
-                mark = " [reduced]" if res["n"] != meta_count_max(per_pool) else ""
-                secs.append(f"{_num(res['seconds'])}{mark}")
-                rss.append(f"{res['peak_rss_mib']:.0f}{mark}")
-            big = _n(meta_count_max(per_pool))
-            rows.append([f"{workload} ({big}), time", "s ↓", *secs])
-            if wl.value != "peak_rss_mib":  # else the row above is the peak RSS
-                rows.append([f"{workload} ({big}), parent peak RSS", "MiB ↓", *rss])
-            reduced = sorted({_n(per_pool[p]["n"]) for p in pools if per_pool[p].get("n")})
-            if len(reduced) > 1:
-                notes.append(
-                    f"[reduced]: that pool's {workload} run mapped fewer items (the count in [..]) "
-                    "to keep the default run short: its items/s compares, its seconds and "
-                    "peak RSS do not. `--full` runs every pool at the full count."
-                )
+            rows.extend(_process_rows(workload, per_pool, pools, notes))
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
     lines = [
         "| " + " | ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)) + " |",
@@ -103,6 +82,42 @@ def table(doc: dict) -> str:
     ]
     for r in rows:
         lines.append("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |")
+    _notes(doc, notes)
+    return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
+
+
+def _process_rows(workload: str, per_pool: dict, pools: list[str], notes: list[str]) -> list:
+    """A "process" workload's extra rows: its seconds, and its parent's peak RSS."""
+    wl = WORKLOADS[workload]
+    rows = []
+    secs = []
+    rss = []
+    for p in pools:
+        res = per_pool[p]
+        if res.get("na") or res["median"] is None:
+            secs.append("n/a" if res.get("na") else "failed")
+            rss.append(secs[-1])
+            continue
+        mark = " [reduced]" if res["n"] != meta_count_max(per_pool) else ""
+        secs.append(f"{_num(res['seconds'])}{mark}")
+        rss.append(f"{res['peak_rss_mib']:.0f}{mark}")
+    big = _n(meta_count_max(per_pool))
+    rows.append([f"{workload} ({big}), time", "s ↓", *secs])
+    if wl.value != "peak_rss_mib":  # else the row above is the peak RSS
+        rows.append([f"{workload} ({big}), parent peak RSS", "MiB ↓", *rss])
+    reduced = sorted({_n(per_pool[p]["n"]) for p in pools if per_pool[p].get("n")})
+    if len(reduced) > 1:
+        notes.append(
+            f"[reduced]: that pool's {workload} run mapped fewer items (the count in [..]) "
+            "to keep the default run short: its items/s compares, its seconds and "
+            "peak RSS do not. `--full` runs every pool at the full count."
+        )
+    return rows
+
+
+def _notes(doc: dict, notes: list[str]) -> None:
+    """The notes under the table: the floor, how it was measured, failures."""
+    meta, results = doc["meta"], doc["results"]
     floor = doc.get("floor")
     if floor:
         notes.append(
@@ -130,7 +145,6 @@ def table(doc: dict) -> str:
     ]
     if errors:
         notes.append("Failures: " + "; ".join(errors))
-    return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
 
 
 def meta_count(per_pool: dict) -> int:
@@ -156,38 +170,7 @@ def plot(doc: dict, path: str) -> None:
         ) from None
     meta, results = doc["meta"], doc["results"]
     pools = meta["pools"]
-    panels: list[dict[str, Any]] = []
-    for workload, per_pool in results.items():
-        wl = WORKLOADS[workload]
-        unit, higher = wl.unit, wl.higher_is_better
-        panel = {
-            "workload": workload,
-            "title": workload,
-            "ylabel": f"{unit} ({'higher' if higher else 'lower'} is better)",
-            "values": {p: per_pool[p]["median"] for p in pools},
-            "speedup": {p: per_pool[p].get("speedup") for p in pools},
-            "reduced": set(),
-        }
-        panels.append(panel)
-        if wl.floor and doc.get("floor"):
-            panel["floor"] = (doc["floor"]["median"], f"pipe floor, {doc['floor']['kind']}")
-        if wl.kind == "process" and wl.value == "peak_rss_mib":
-            panel["title"] = f"{workload}: parent peak RSS"
-        elif wl.kind == "process":
-            top = meta_count_max(per_pool)
-            reduced = {p for p in pools if per_pool[p].get("n", top) != top}
-            panel["reduced"] = reduced
-            panel["title"] = f"{workload}: map over {_n(top)} items"
-            panels.append(
-                {
-                    "workload": workload,
-                    "title": f"{workload}: parent peak RSS",
-                    "ylabel": "MiB (lower is better)",
-                    "values": {p: per_pool[p].get("peak_rss_mib") for p in pools},
-                    "speedup": {},
-                    "reduced": reduced,
-                }
-            )
+    panels = _panels(doc)
     cols = 4
     rows = (len(panels) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.6 * rows), squeeze=False)
@@ -237,3 +220,42 @@ def plot(doc: dict, path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _panels(doc: dict) -> list[dict[str, Any]]:
+    """One panel per workload (two for a "process" one: its parent's peak RSS apart)."""
+    meta, results = doc["meta"], doc["results"]
+    pools = meta["pools"]
+    panels: list[dict[str, Any]] = []
+    for workload, per_pool in results.items():
+        wl = WORKLOADS[workload]
+        unit, higher = wl.unit, wl.higher_is_better
+        panel = {
+            "workload": workload,
+            "title": workload,
+            "ylabel": f"{unit} ({'higher' if higher else 'lower'} is better)",
+            "values": {p: per_pool[p]["median"] for p in pools},
+            "speedup": {p: per_pool[p].get("speedup") for p in pools},
+            "reduced": set(),
+        }
+        panels.append(panel)
+        if wl.floor and doc.get("floor"):
+            panel["floor"] = (doc["floor"]["median"], f"pipe floor, {doc['floor']['kind']}")
+        if wl.kind == "process" and wl.value == "peak_rss_mib":
+            panel["title"] = f"{workload}: parent peak RSS"
+        elif wl.kind == "process":
+            top = meta_count_max(per_pool)
+            reduced = {p for p in pools if per_pool[p].get("n", top) != top}
+            panel["reduced"] = reduced
+            panel["title"] = f"{workload}: map over {_n(top)} items"
+            panels.append(
+                {
+                    "workload": workload,
+                    "title": f"{workload}: parent peak RSS",
+                    "ylabel": "MiB (lower is better)",
+                    "values": {p: per_pool[p].get("peak_rss_mib") for p in pools},
+                    "speedup": {},
+                    "reduced": reduced,
+                }
+            )
+    return panels

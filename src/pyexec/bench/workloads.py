@@ -1,4 +1,5 @@
 """The workloads: what one timed run of a pool does, and the registry of them all.
+The registry (``WORKLOADS``) is read-only; a run uses only what it is given.
 
 Adding a workload is one function plus one ``Workload`` entry in ``WORKLOADS``
 (its place there is its row in the table). Three kinds, by how a run is made:
