@@ -3,6 +3,7 @@ every start method, ownership of what the user receives, bounded resources, fall
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import pickle
 import subprocess
@@ -13,10 +14,10 @@ import warnings
 
 import pytest
 from helpers import ident
-from payload_funcs import die, fill, nbytes_of, pid_and
+from payload_funcs import big_bytes, big_bytes_and_unloadable, die, fill, nbytes_of, pid_and
 
 import pyexec
-from pyexec import _payloads
+from pyexec import _copier, _outcomes, _payloads
 
 np = pytest.importorskip("numpy")
 
@@ -300,3 +301,83 @@ def test_threads_submit_big_calls_at_once():
         for t in threads:
             t.join(120)
     assert not errors
+
+
+def _count_copier_puts(monkeypatch) -> list:
+    """Record the results handed to the copier threads (in the parent, any start method)."""
+    puts: list = []
+    put = _copier.Copier.put
+
+    def counting(self, task, load):
+        puts.append(task.tid)
+        put(self, task, load)
+
+    monkeypatch.setattr(_copier.Copier, "put", counting)
+    return puts
+
+
+@pytest.mark.timeout(120)
+def test_big_bytes_results_are_copied_apart_and_all_settled_by_shutdown(ctx, monkeypatch):
+    """Results whose big bytes the copier threads copy (not the manager) come back right,
+    are all settled when shutdown(wait=True) returns, and leave no thread behind."""
+    puts = _count_copier_puts(monkeypatch)
+    threads = set(threading.enumerate())
+    n = 2 * _outcomes.COPY_APART
+    ex = pyexec.ProcessPoolExecutor(2, mp_context=ctx)
+    futures = [ex.submit(big_bytes, i, n) for i in range(12)]
+    ex.shutdown(wait=True)
+    assert all(f.done() for f in futures)
+    for i, f in enumerate(futures):
+        out = f.result()
+        assert type(out) is bytes and out == big_bytes(i, n)
+    assert len(puts) >= 10  # the manager left the copies apart (help() copies its own)
+    stats = ex.stats()
+    assert (stats.completed, stats.failed) == (12, 0)
+    assert [t.name for t in threading.enumerate() if t not in threads and t.is_alive()] == []
+
+
+@pytest.mark.timeout(120)
+def test_a_result_copied_apart_that_cannot_unpickle_fails_its_own_future(monkeypatch):
+    puts = _count_copier_puts(monkeypatch)
+    n = 2 * _outcomes.COPY_APART
+    with pyexec.ProcessPoolExecutor(1) as ex:
+        bad = ex.submit(big_bytes_and_unloadable, n)
+        good = ex.submit(big_bytes, 3, n)
+        with pytest.raises(pickle.UnpicklingError, match="loads only in the process"):
+            bad.result(timeout=60)
+        assert isinstance(bad.exception(), pyexec.BrokenProcessPool)  # as the stdlib's type
+        assert good.result(timeout=60) == big_bytes(3, n)
+        assert ex.submit(big_bytes, 4, 10).result(timeout=60) == big_bytes(4, 10)
+        stats = ex.stats()
+    assert len(puts) >= 1 and (stats.completed, stats.failed) == (2, 1)
+
+
+_FORKS: list = []
+
+
+def _threads_at_fork() -> None:
+    if _FORKS and _FORKS[-1] is None:
+        _FORKS[-1] = sorted(t.name for t in threading.enumerate() if t.name.startswith("pyexec"))
+
+
+os.register_at_fork(before=_threads_at_fork)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # 3.12's note, if the test fails
+@pytest.mark.parametrize("method", ["fork", "forkserver"])
+def test_no_copier_thread_runs_when_a_fork_pool_forks(method):
+    """A new fork pool parks the other pools' managers before it forks its zygote: their
+    copier threads end too, with the copies they had (and the calls then finish). Not
+    under spawn, whose workers die with the thread that started them: see park()."""
+    n = 2 * _outcomes.COPY_APART
+    with pyexec.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context(method)) as first:
+        futures = [first.submit(big_bytes, i, n) for i in range(40)]
+        while not any(f.done() for f in futures):
+            futures[0].exception(timeout=60)  # results flow: copies are under way
+        _FORKS.append(None)
+        with pyexec.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as new:
+            assert new.submit(ident, 5).result(timeout=60) == 5
+        assert _FORKS[-1] == []
+        for i, f in enumerate(futures):
+            assert f.result(timeout=60) == big_bytes(i, n)

@@ -56,6 +56,7 @@ from __future__ import annotations
 import errno
 import functools
 import io
+import marshal
 import os
 import pickle
 import struct
@@ -590,6 +591,89 @@ class _Unpickler(pickle.Unpickler):
         return self._copied(pid)
 
 
+class Load:
+    """One received message between Receiver.prepare and its object: copy() fills
+    the bytes objects its big bytes become (the GIL released: 8 MiB into fresh
+    memory costs about 4 ms here, mostly page faults), finish() unpickles. copy()
+    may run in another thread than the one that prepared it (the parent's copier,
+    see _copier); nothing else sees the bytes objects before finish(). Holds the
+    mappings its buffers are in, so they stay mapped until it is done."""
+
+    __slots__ = ("_maps", "_state", "copies", "done", "fresh", "marshalled", "payload", "views")
+
+    def __init__(
+        self,
+        payload: bytes | memoryview,
+        state: _State | None = None,
+        maps: tuple = (),
+        marshalled: bool = False,
+    ) -> None:
+        """state None: a message without buffers (marshal data when marshalled)."""
+        self.payload = payload
+        self.marshalled = marshalled
+        self._state = state
+        self._maps = maps
+        self.views: list = []
+        self.copies: dict[int, tuple[int, Any, int]] = {}  # pid -> kind, pointer, length
+        self.done: list[int] = []  # slots of copied-out buffers: released by finish()
+        self.fresh: dict[int, bytes] = {}  # pid -> its bytes object, once copy() made it
+
+    def keep(self) -> None:
+        """Copy the payload out of the buffer it was read into (before that is reused)."""
+        self.payload = bytes(self.payload)
+
+    @property
+    def copy_bytes(self) -> int:
+        """How many bytes copy() copies."""
+        return sum(n for kind, _ptr, n in self.copies.values() if kind & _WHAT == _BYTES)
+
+    def copy(self) -> None:
+        """Make the bytes objects of the big bytes and fill them (any thread)."""
+        for pid, (kind, ptr, n) in self.copies.items():
+            if kind & _WHAT == _BYTES and pid not in self.fresh:
+                self.fresh[pid] = _copy_bytes(ptr, n)
+
+    def finish(self) -> Any:
+        """The message's object; its copied-out slots released, whatever happens."""
+        try:
+            if self._state is None:
+                return (marshal.loads if self.marshalled else pickle.loads)(self.payload)
+            if not self.copies:
+                return pickle.loads(self.payload, buffers=self.views)
+            return _Unpickler(io.BytesIO(self.payload), self.views, self._copied).load()
+        finally:
+            self.abandon()
+
+    def _copied(self, pid: Any) -> Any:
+        """persistent_load: the copied-out buffer pid (one object however often named)."""
+        obj = self.fresh.get(pid) if type(pid) is int else None
+        if obj is not None:
+            return obj
+        if type(pid) is not int or pid not in self.copies:
+            raise pickle.UnpicklingError(f"unknown buffer {pid!r}")
+        kind, ptr, n = self.copies[pid]
+        if kind & _WHAT == _BYTES:
+            obj = _copy_bytes(ptr, n)
+        else:
+            obj = bytearray(ffi.buffer(ptr, n))
+        self.fresh[pid] = obj
+        return obj
+
+    def abandon(self) -> None:
+        """Let go of everything: the slots queued for release, the segment pages of
+        copied-out buffers given back, the views dropped (once; finish() does it)."""
+        self.views = []
+        self.fresh = {}
+        if self._state is not None and not self._state.closed:
+            self._state.releases.extend(self.done)
+        self.done = []
+        for kind, ptr, n in self.copies.values():
+            if kind & _IN_SEGMENT:  # copied (or never will be): its pages go back now
+                lib.px_discard(ptr, n)
+        self.copies = {}
+        self._maps = ()
+
+
 class Receiver:
     """The reading side of one direction: maps the arena, makes views, queues releases."""
 
@@ -608,15 +692,24 @@ class Receiver:
         """Unpickle payload with its buffers as described. Takes ownership of fds (all
         closed before returning, whatever happens). Raises pickle.UnpicklingError for
         descriptors that do not fit what arrived, or what unpickling raises."""
+        load = self.prepare(payload, descriptors, fds)
+        load.copy()
+        return load.finish()
+
+    def prepare(self, payload: bytes | memoryview, descriptors: bytes, fds: list[int]) -> Load:
+        """The first half of loads, which must run in the order messages arrive
+        (the arena this message's slots are in): its views made, its bytes
+        objects allocated. The Load's copy() may then run in any thread, and
+        its finish() after. Takes ownership of fds (closed before returning)."""
         try:
             if not descriptors:
-                return pickle.loads(payload)
-            return self._loads(payload, descriptors, fds)
+                return Load(payload)
+            return self._prepare(payload, descriptors, fds)
         finally:
             for fd in fds:
                 lib.px_close(fd)
 
-    def _loads(self, payload: bytes | memoryview, descriptors: bytes, fds: list[int]) -> Any:
+    def _prepare(self, payload: bytes | memoryview, descriptors: bytes, fds: list[int]) -> Load:
         (seg_size,) = _HEADER.unpack_from(descriptors)
         count, rest = divmod(len(descriptors) - _HEADER.size, _ENTRY.size)
         if rest or (seg_size and len(fds) != 1) or (not seg_size and fds):
@@ -624,10 +717,8 @@ class Receiver:
         # Too many segments held already: this one's views become private copies.
         private = len(_segment_maps) >= MAX_SEGMENT_MAPS
         segment = _map_segment(fds[0], seg_size) if seg_size else None
-        views: list = []
-        copies: dict[int, tuple[int, Any, int]] = {}  # pid -> kind, pointer, length
-        done: list[int] = []  # slots of copied-out buffers: released after loading
-        state = self._state
+        load = Load(payload, self._state, (self._base, segment))
+        views, copies, done = load.views, load.copies, load.done
         for i in range(count):
             kind, sid, off, n = _ENTRY.unpack_from(descriptors, _HEADER.size + i * _ENTRY.size)
             if kind & _IN_SEGMENT:
@@ -635,7 +726,7 @@ class Receiver:
             else:
                 base, limit = self._base, self._size
             if base is None or n == 0 or off > limit or n > limit - off or (kind & _WHAT) == 3:
-                state.releases.extend(done)
+                load.abandon()
                 raise pickle.UnpicklingError("buffer descriptor outside its shared memory")
             ptr = base + off
             if kind & _WHAT != _VIEW:
@@ -648,32 +739,9 @@ class Receiver:
                 owner = ffi.gc(ptr, functools.partial(_segment_done, segment, n))
                 views.append(ffi.buffer(owner, n))
             else:
-                owner = ffi.gc(ptr, functools.partial(_slot_done, state, sid, base))
+                owner = ffi.gc(ptr, functools.partial(_slot_done, self._state, sid, base))
                 views.append(ffi.buffer(owner, n))
-        try:
-            if not copies:
-                return pickle.loads(payload, buffers=views)
-            made: dict[int, Any] = {}
-
-            def copied(pid: Any) -> Any:
-                if pid in made:
-                    return made[pid]
-                if type(pid) is not int or pid not in copies:
-                    raise pickle.UnpicklingError(f"unknown buffer {pid!r}")
-                kind, ptr, n = copies[pid]
-                if kind & _WHAT == _BYTES:
-                    made[pid] = obj = _copy_bytes(ptr, n)
-                else:
-                    made[pid] = obj = bytearray(ffi.buffer(ptr, n))
-                return obj
-
-            return _Unpickler(io.BytesIO(payload), views, copied).load()
-        finally:
-            del views
-            state.releases.extend(done)
-            for kind, ptr, n in copies.values():
-                if kind & _IN_SEGMENT:  # copied (or never will be): its pages go back now
-                    lib.px_discard(ptr, n)
+        return load
 
     def discard(self, descriptors: bytes, fds: list[int]) -> None:
         """A message that will never be loaded (a call its worker may not run):

@@ -7,7 +7,8 @@ What the loop does in between is split by direction, as mixins of Manager
 call as before): _dispatch sends (pending calls to workers, starting
 workers), _outcomes receives (results, deaths, a broken pool), _timers acts
 as time passes (deadlines, stranded calls), _handoff holds the two paths
-callers' threads run themselves.
+callers' threads run themselves, _copier copies big bytes results in
+threads of its own.
 
 Data flow::
 
@@ -55,6 +56,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from . import _fds
+from ._copier import Copier
 from ._dispatch import Dispatch
 from ._errors import BROKEN_PREFIX
 from ._handoff import HandOff
@@ -167,6 +169,10 @@ class Manager(Dispatch, Outcomes, Timers, HandOff):
         self.by_fd: dict[int, Lane] = {}
         self.broken: str | None = None
         self.window = Window()  # how many calls each worker may hold
+        # Results whose big bytes the copier copies (see _copier): taken from
+        # inflight, not settled yet; the manager finishes them when woken.
+        self.copier = Copier(self.wake)
+        self.copying = 0
         self.submitted = self.completed = self.failed = self.replaced = 0
         self.cancelled = 0  # calls dropped unrun (see _dispatch, _break)
         self.starting = self.started_workers = 0
@@ -347,6 +353,8 @@ class Manager(Dispatch, Outcomes, Timers, HandOff):
         by_fd = self.by_fd
         while True:
             if self.parking:
+                for native_id in self.copier.stop():  # no pyexec thread at the fork
+                    _wait_thread_gone(native_id)
                 with self.park_lock:  # against park() giving up meanwhile
                     if self.parking:
                         self.parked = True  # a safe point: run() keeps everything open
@@ -362,6 +370,8 @@ class Manager(Dispatch, Outcomes, Timers, HandOff):
                 )
             if self.handed_back:
                 self._take_back()  # from an interrupted help (see _handoff)
+            if self.copier.done:
+                self._finish_copies()
             self._control()
             if self.broken is None:
                 self._adjust_workers()
@@ -458,6 +468,8 @@ class Manager(Dispatch, Outcomes, Timers, HandOff):
         )
 
     def _finished(self) -> bool:
+        if self.copying:
+            return False  # results the copier holds are settled first, even when broken
         live = any(w.state is not DEAD for w in self.workers) or self.starting
         if self.broken is not None:
             return not live
@@ -467,6 +479,9 @@ class Manager(Dispatch, Outcomes, Timers, HandOff):
 
     def _close(self) -> None:
         """Kill what is left, close every fd, reap the zygote."""
+        for native_id in self.copier.stop():
+            _wait_thread_gone(native_id)
+        self._finish_copies()  # only after a failure of the manager: see _finished
         for w in list(self.workers):
             if w.state is not DEAD:
                 self.launcher.kill(w)

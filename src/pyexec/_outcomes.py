@@ -12,7 +12,10 @@ dispatch_lock, see _handoff). They write the lanes' ``inflight`` (pop),
 ``start_after``, ``broken``, ``workers`` and ``by_fd`` (a dead lane leaves
 them), the window, and ``pending`` (requeued calls go first). A result frame
 flagged OOB is decoded by its lane's channel (_payloads: big buffers in shared
-memory); a dead lane's channel is closed with its fds (held views stay valid).
+memory); one with big bytes to copy out is left to the copier threads
+(``copying`` counts them) and finished here when they are done
+(_finish_copies); a dead lane's channel is closed with its fds (held views
+stay valid).
 """
 
 from __future__ import annotations
@@ -42,6 +45,10 @@ from ._lanes import Kill, Lane, State
 from ._tasks import drain_pending, settle_all
 
 UP, EXITING, DEAD = State.UP, State.EXITING, State.DEAD
+# A result with at least this many bytes to copy out of shared memory (big
+# exact bytes) is copied by the copier thread, not the manager (see _copier).
+COPY_APART = 1 << 20
+_LATER = object()  # _decode's value of a result left to the copier
 # How long the manager waits for a dead worker's exit status.
 EXIT_STATUS_WAIT = 1.0
 # on_crash="restart": workers in a row that may die before they are ready (the
@@ -156,7 +163,20 @@ class Outcomes:
                         # but after each: see _handoff's give_back.
                         try:
                             if word & OOB:  # big buffers in shared memory (_payloads)
-                                obj = w.chan.loads(buf, bool(word & MARSHAL))
+                                load = w.chan.prepare(buf, bool(word & MARSHAL))
+                                if (
+                                    kind == KIND_RESULT
+                                    and load.copies
+                                    and self.helper != threading.get_ident()  # help() copies itself
+                                    and load.copy_bytes >= COPY_APART
+                                ):
+                                    load.keep()
+                                    self.copier.put(task, load)  # see _finish_copies
+                                    self.copying += 1
+                                    obj = _LATER
+                                else:
+                                    load.copy()
+                                    obj = load.finish()
                             else:
                                 obj = marshal_loads(buf) if word & MARSHAL else loads(buf)
                         except BaseException as err:
@@ -168,7 +188,8 @@ class Outcomes:
                         else:
                             k += 1
                             if kind == KIND_RESULT:
-                                out.append((task, obj, None))
+                                if obj is not _LATER:
+                                    out.append((task, obj, None))
                             else:
                                 exc, tb = obj
                                 exc.__cause__ = _RemoteTraceback(f'\n"""\n{tb}"""')
@@ -205,6 +226,30 @@ class Outcomes:
                 w.exit_at = now
             self.window.observe((now - w.mark) / k, bool(inflight))
             w.mark = now
+
+    def _finish_copies(self) -> None:
+        """Unpickle and settle the results the copier has copied (see _copier);
+        counted as completed when they arrived, moved to failed if that fails."""
+        settled: list = []
+        done = self.copier.done
+        try:
+            while done:
+                task, load = done.popleft()
+                self.copying -= 1
+                try:
+                    settled.append((task, load.finish(), None))
+                except Exception as err:
+                    self.completed -= 1
+                    self.failed += 1
+                    exc = _unpickling_error(frames.KIND_RESULT, task.tid, err)
+                    settled.append((task, None, exc))
+        finally:
+            if settled:
+                self.dispatch_lock.release()  # callbacks run here, as in _read_once
+                try:
+                    settle_all(settled)
+                finally:
+                    self.dispatch_lock.acquire()
 
     def _take_back(self) -> None:
         """What an interrupted hand-off gave back (see _handoff's give_back):

@@ -28,7 +28,6 @@ its mapping), its calls' arena goes, and a replacement gets a new Channel.
 
 from __future__ import annotations
 
-import marshal
 import os
 import pickle
 import struct
@@ -38,6 +37,7 @@ from typing import Any
 
 from . import _fds
 from ._buffers import (
+    Load,
     Pickled,
     Receiver,
     Sender,
@@ -235,13 +235,20 @@ class Channel:
         """The object of an OOB frame's payload (a bytes-like), its fds taken from
         the socket, its releases applied. Raises what unpickling raises, or
         pickle.UnpicklingError for a malformed header."""
+        load = self.prepare(buf, marshalled)
+        load.copy()
+        return load.finish()
+
+    def prepare(self, buf: Any, marshalled: bool = False) -> Load:
+        """loads up to its copies (see _buffers.Load): the part that must run as
+        frames arrive, in their order. Raises as loads."""
         desc, inner, fds = self._open(buf)
         if desc:
             rx = self.rx if self.rx is not None else self._receiver(None)
-            return rx.loads(inner, desc, fds)
+            return rx.prepare(inner, desc, fds)
         for fd in fds:
             os.close(fd)
-        return marshal.loads(inner) if marshalled else pickle.loads(inner)
+        return Load(inner, marshalled=marshalled)
 
     def discard(self, buf: Any) -> None:
         """An OOB frame's payload that will never be loaded (a call revoked from
