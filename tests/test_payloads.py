@@ -310,7 +310,7 @@ def _count_copier_puts(monkeypatch) -> list:
 
     def counting(self, task, load):
         puts.append(task.tid)
-        put(self, task, load)
+        return put(self, task, load)
 
     monkeypatch.setattr(_copier.Copier, "put", counting)
     return puts
@@ -381,3 +381,19 @@ def test_no_copier_thread_runs_when_a_fork_pool_forks(method):
         assert _FORKS[-1] == []
         for i, f in enumerate(futures):
             assert f.result(timeout=60) == big_bytes(i, n)
+
+
+@pytest.mark.timeout(120)
+def test_results_are_copied_by_the_manager_when_no_copier_thread_starts(monkeypatch):
+    start = threading.Thread.start
+
+    def refuse_copiers(self):
+        if self.name == "pyexec-copier":
+            raise RuntimeError("can't start new thread")
+        start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", refuse_copiers)
+    n = 2 * _outcomes.COPY_APART
+    with pyexec.ProcessPoolExecutor(1) as ex:
+        futures = [ex.submit(big_bytes, i, n) for i in range(4)]
+        assert [f.result(timeout=60) for f in futures] == [big_bytes(i, n) for i in range(4)]

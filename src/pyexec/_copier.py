@@ -50,8 +50,10 @@ class Copier:
         # Copied: (task, load) for the manager to finish (append and popleft are atomic).
         self.done: deque[tuple[Any, Load]] = deque()
 
-    def put(self, task: Any, load: Load) -> None:
-        """Have a copier thread copy load's bytes, then hand (task, load) back on done."""
+    def put(self, task: Any, load: Load) -> bool:
+        """Have a copier thread copy load's bytes, then hand (task, load) back on
+        done. False, and nothing queued, when no thread runs and none can start
+        (the caller copies then)."""
         with self._cond:
             self._jobs.append((task, load))
             if self._idle:
@@ -59,7 +61,14 @@ class Copier:
             elif len(self._threads) < THREADS:
                 t = threading.Thread(target=self._run, name="pyexec-copier", daemon=True)
                 self._threads.append(t)
-                t.start()
+                try:
+                    t.start()
+                except RuntimeError:  # can't start new thread: the others, or the caller
+                    self._threads.remove(t)
+                    if not self._threads:
+                        self._jobs.pop()
+                        return False
+        return True
 
     def stop(self) -> list[int | None]:
         """Finish the copies queued, and end the threads (joined on return): the

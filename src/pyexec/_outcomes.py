@@ -169,11 +169,9 @@ class Outcomes:
                                     and load.copies
                                     and self.helper != threading.get_ident()  # help() copies itself
                                     and load.copy_bytes >= COPY_APART
+                                    and self._copy_apart(task, load)
                                 ):
-                                    load.keep()
-                                    self.copier.put(task, load)  # see _finish_copies
-                                    self.copying += 1
-                                    obj = _LATER
+                                    obj = _LATER  # see _finish_copies
                                 else:
                                     load.copy()
                                     obj = load.finish()
@@ -226,6 +224,14 @@ class Outcomes:
                 w.exit_at = now
             self.window.observe((now - w.mark) / k, bool(inflight))
             w.mark = now
+
+    def _copy_apart(self, task: Any, load: Any) -> bool:
+        """Leave load's copies to the copier (False when it cannot take them)."""
+        load.keep()
+        if not self.copier.put(task, load):
+            return False
+        self.copying += 1
+        return True
 
     def _finish_copies(self) -> None:
         """Unpickle and settle the results the copier has copied (see _copier);
