@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from pathlib import Path
 
 import psutil
@@ -123,6 +124,25 @@ def test_nothing_outlives_the_executor(ctx):
     }
     assert left == set()
     assert wait_gone(workers, 0.0) == []
+
+
+@pytest.mark.timeout(60)
+def test_a_shut_down_pool_is_freed_without_the_garbage_collector(ctx):
+    """After shutdown() and del, reference counting alone frees the pool's state. A
+    reference cycle kept it, and the initargs with it, until the collector ran: CPython's
+    test of a failing initializer then counted a Queue's semaphore passed in initargs as
+    leaked."""
+    data = bytes(3 << 20)  # a big bytes result: the copier threads run too
+    gc.disable()
+    try:
+        ex = pyexec.ProcessPoolExecutor(2, mp_context=ctx)
+        assert ex.submit(ident, data).result(timeout=30) == data
+        ex.shutdown()
+        manager = weakref.ref(ex._mgr)
+        del ex
+        assert manager() is None
+    finally:
+        gc.enable()
 
 
 @pytest.mark.timeout(30)

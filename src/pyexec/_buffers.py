@@ -698,9 +698,9 @@ class Receiver:
 
     def prepare(self, payload: bytes | memoryview, descriptors: bytes, fds: list[int]) -> Load:
         """The first half of loads, which must run in the order messages arrive
-        (the arena this message's slots are in): its views made, its bytes
-        objects allocated. The Load's copy() may then run in any thread, and
-        its finish() after. Takes ownership of fds (closed before returning)."""
+        (the arena this message's slots are in): its segment mapped, its views
+        made. The Load's copy() may then run in any thread, and its finish()
+        after. Takes ownership of fds (closed before returning)."""
         try:
             if not descriptors:
                 return Load(payload)

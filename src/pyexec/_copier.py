@@ -24,6 +24,7 @@ Only the manager calls ``put`` and ``stop``.
 from __future__ import annotations
 
 import threading
+import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -40,8 +41,11 @@ class Copier:
     """One pool's copier threads (see the module's docstring)."""
 
     def __init__(self, wake: Callable[[], None]) -> None:
-        """wake: called after each copy, to have the manager take ``done``."""
-        self._wake = wake
+        """wake: a bound method, called after each copy to have the manager take
+        ``done``; held weakly, as the manager holds this object (a cycle would keep
+        the pool's state, its initargs with it, alive until the garbage collector
+        runs: CPython's test of a failing initializer then finds a semaphore leaked)."""
+        self._wake = weakref.WeakMethod(wake)  # type: ignore[arg-type]
         self._cond = threading.Condition(threading.Lock())
         self._jobs: deque[tuple[Any, Load]] = deque()
         self._threads: list[threading.Thread] = []
@@ -100,4 +104,6 @@ class Copier:
             except BaseException:  # finish() copies what is missing, and raises there
                 pass
             self.done.append((task, load))
-            self._wake()
+            wake = self._wake()
+            if wake is not None:
+                wake()
