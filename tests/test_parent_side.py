@@ -206,6 +206,22 @@ def test_user_fork_while_pool_runs(method):
     assert "parent after [0, 1, 4, 9]" in out, out
 
 
+@pytest.mark.timeout(90)
+def test_user_fork_while_a_thread_holds_the_resource_tracker_lock():
+    """The manager takes multiprocessing's resource tracker lock to start each spawn or
+    forkserver worker. A user's fork at that moment left the child a held copy of the
+    lock, and the child's first process start hung or raised ReentrantCallError."""
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ff.SCRIPTS, "fork_tracker_lock.py")],
+        capture_output=True,
+        text=True,
+        timeout=80,
+        check=False,
+    )
+    assert "child 0" in proc.stdout, (proc.stdout, proc.stderr[-3000:])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
 @pytest.mark.timeout(120)
 def test_thread_switch_at_every_step_of_the_manager():
     """Bursts of submits with the GIL switched every 20 us, so the manager is

@@ -76,6 +76,36 @@ class Launcher(Protocol):
         """Release what the launcher holds (the pool's end)."""
 
 
+_tracker_guarded = False
+
+
+def _guard_tracker_lock() -> None:
+    """Hold multiprocessing's resource tracker lock across every fork of this process
+    (once hooked, for good).
+
+    Each ``ctx.Process`` start takes that lock (``resource_tracker.getfd``), and
+    here the manager thread does the starting. A user's ``os.fork()`` at that
+    moment gave a child whose copy of the lock was held by a thread it does not
+    have: its first process start raised ReentrantCallError (a new thread of the
+    child had the same thread id) or hung. The standard library starts its
+    workers in the thread that calls submit(), as a rule, so it meets this less."""
+    global _tracker_guarded
+    if _tracker_guarded:
+        return
+    from multiprocessing import resource_tracker
+
+    lock = resource_tracker._resource_tracker._lock
+
+    def release() -> None:
+        try:
+            lock.release()
+        except RuntimeError:  # a Python whose own fork hook renewed the lock
+            pass
+
+    os.register_at_fork(before=lock.acquire, after_in_parent=release, after_in_child=release)
+    _tracker_guarded = True
+
+
 class ProcessLauncher:
     """Starts workers with ``ctx.Process`` (spawn, forkserver)."""
 
@@ -99,6 +129,7 @@ class ProcessLauncher:
         # grandchild holds, and their status comes only through it.
         self._pidfd = ctx.get_start_method() != "forkserver"
         self.pid = os.getpid()  # the process that starts the workers: this one
+        _guard_tracker_lock()
 
     def quit(self) -> None:
         """Nothing to tell: no worker will be asked for again."""
