@@ -16,7 +16,10 @@ a grandchild left running held shutdown() for its whole life. Elsewhere
 (macOS, older kernels) the sentinel is still multiprocessing's, with that flaw.
 
 A launcher belongs to the manager thread once attached (before that, to the
-thread that starts the pool); it keeps no state another thread touches.
+thread that starts the pool); it keeps no state another thread touches. Once
+a ProcessLauncher exists, every fork of the process holds multiprocessing's
+resource tracker lock (``_guard_tracker_lock``): a user's fork could copy it
+held by the manager thread.
 """
 
 from __future__ import annotations
