@@ -177,10 +177,16 @@ def test_settle_fast_leaves_waited_on_cancelled_and_map_items_to_the_standard_pa
 
 def _callback_threads(ex, n: int = 20) -> set[int]:
     """Threads that ran the done-callbacks of n sequential round trips (added
-    while each call runs, before result() is called)."""
+    while each call runs, before result() is called), each started once the
+    manager sleeps: it has nothing else to do (on a busy machine it could still
+    be finishing the last round trip's work, and then read the result itself)."""
     seen = set()
     ex.submit(ident, 0).result(timeout=30)  # the first call waits for a worker to start
+    mgr = ex._mgr
     for i in range(n):
+        end = time.monotonic() + 10
+        while not mgr.sleeping and time.monotonic() < end:
+            time.sleep(0.001)
         f = ex.submit(sleep_then, 0.01, i)
         f.add_done_callback(lambda _f: seen.add(threading.get_ident()))
         assert f.result(timeout=30) == i
