@@ -629,15 +629,15 @@ class Load:
 
     def copy(self) -> None:
         """Make the bytes objects of the big bytes and fill them (any thread)."""
-        for pid, (kind, ptr, n) in self.copies.items():
-            if kind & _WHAT == _BYTES and pid not in self.fresh:
-                self.fresh[pid] = _copy_bytes(ptr, n)
+        for pid, (kind, _ptr, _n) in self.copies.items():
+            if kind & _WHAT == _BYTES:
+                self._copied(pid)
 
     def finish(self) -> Any:
         """The message's object; its copied-out slots released, whatever happens."""
+        if self._state is None:  # no buffers: nothing to let go
+            return (marshal.loads if self.marshalled else pickle.loads)(self.payload)
         try:
-            if self._state is None:
-                return (marshal.loads if self.marshalled else pickle.loads)(self.payload)
             if not self.copies:
                 return pickle.loads(self.payload, buffers=self.views)
             return _Unpickler(io.BytesIO(self.payload), self.views, self._copied).load()
@@ -645,7 +645,8 @@ class Load:
             self.abandon()
 
     def _copied(self, pid: Any) -> Any:
-        """persistent_load: the copied-out buffer pid (one object however often named)."""
+        """persistent_load: the copied-out buffer pid (one object however often named),
+        made now unless copy() made it."""
         obj = self.fresh.get(pid) if type(pid) is int else None
         if obj is not None:
             return obj
